@@ -1,0 +1,415 @@
+"""ROS message <-> numpy conversions used by the relocalization node, player and recorder.
+
+Poses: the node publishes the camera-to-world transform ``T_wc`` (4x4, metres) of the OpenCV
+camera frame (x right, y down, z forward) as ``map -> camera``: a PoseStamped whose position is the
+camera centre in the map frame and whose orientation rotates camera axes into map axes.
+Quaternions are (x, y, z, w) as in ROS messages.
+
+Covariance: ROS ``PoseWithCovariance.covariance`` is a row-major 6x6 over
+(x, y, z, rotation about X, rotation about Y, rotation about Z), all expressed in the message's
+``frame_id`` (here the map frame); the rotation parameters are a small fixed-axis (left)
+perturbation, ``R_wc' = exp([dtheta]x) R_wc`` with dtheta in the map frame. See
+`covariance_to_ros` for the mapping from the estimator's parameterisation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+import math
+
+import cv2
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped, TransformStamped
+import numpy as np
+from scipy.spatial.transform import Rotation
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+
+# ---------------------------------------------------------------------------------------------
+# Time stamps
+
+
+def stamp_to_ns(stamp) -> int:
+    """builtin_interfaces/Time -> integer nanoseconds."""
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def ns_to_stamp(ns: int, stamp) -> None:
+    """Writes integer nanoseconds into a builtin_interfaces/Time in place."""
+    stamp.sec = int(ns // 1_000_000_000)
+    stamp.nanosec = int(ns % 1_000_000_000)
+
+
+# ---------------------------------------------------------------------------------------------
+# Images
+
+
+def image_msg_to_rgb(msg: Image | CompressedImage) -> np.ndarray:
+    """Decodes a sensor_msgs Image or CompressedImage into an RGB uint8 array (H, W, 3).
+
+    Colour encodings (rgb8, bgr8, rgba8, bgra8) are converted to RGB; mono8 is replicated into
+    three channels. Depth / float encodings (16UC1, 32FC1, ...) are not colour images.
+
+    Raises:
+        ValueError: empty data, inconsistent step/size, an encoding that is not a colour image,
+            or a compressed image OpenCV cannot decode; the message says which.
+    """
+    array = _decode(msg)
+    if array.dtype != np.uint8:
+        encoding = getattr(msg, 'encoding', getattr(msg, 'format', '?'))
+        raise ValueError(
+            f'encoding {encoding!r} ({array.dtype}) is not an 8-bit colour image; the '
+            'relocalizer takes rgb8, bgr8, rgba8, bgra8 or mono8')
+    if array.ndim == 2:
+        array = np.repeat(array[:, :, None], 3, axis=2)
+    if array.ndim != 3 or array.shape[2] != 3 or array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(f'decoded image has shape {array.shape}, expected (H, W, 3)')
+    return np.ascontiguousarray(array)
+
+
+def rgb_to_image_msg(image_rgb_hw3: np.ndarray, frame_id: str = '') -> Image:
+    """RGB uint8 (H, W, 3) -> sensor_msgs/Image rgb8 (header stamp left for the caller)."""
+    if image_rgb_hw3.dtype != np.uint8 or image_rgb_hw3.ndim != 3 or image_rgb_hw3.shape[2] != 3:
+        raise ValueError(f'expected uint8 (H, W, 3), got {image_rgb_hw3.dtype} '
+                         f'{image_rgb_hw3.shape}')
+    try:
+        from dsac_ros.data import image_codec
+        encode = getattr(image_codec, 'numpy_to_image', None)
+    except ImportError:
+        encode = None
+    msg = Image()
+    msg.header.frame_id = frame_id
+    if encode is not None:
+        encode(image_rgb_hw3, 'rgb8', msg)
+        return msg
+    height, width = image_rgb_hw3.shape[:2]
+    msg.height, msg.width = int(height), int(width)
+    msg.encoding = 'rgb8'
+    msg.is_bigendian = 0
+    msg.step = int(width * 3)
+    msg.data = np.ascontiguousarray(image_rgb_hw3).tobytes()
+    return msg
+
+
+def _decode(msg) -> np.ndarray:
+    """Image / CompressedImage -> numpy, through dsac_ros.data.image_codec when it is there."""
+    try:
+        from dsac_ros.data import image_codec
+    except ImportError:  # pragma: no cover - the codec is part of the package
+        image_codec = None
+    if image_codec is not None and hasattr(image_codec, 'decode_rgb'):
+        return image_codec.decode_rgb(msg)
+    return _decode_fallback(msg)
+
+
+_RAW_LAYOUT = {  # encoding -> (dtype, channels, channel order to RGB or None)
+    'rgb8': (np.uint8, 3, None),
+    'bgr8': (np.uint8, 3, (2, 1, 0)),
+    'rgba8': (np.uint8, 4, (0, 1, 2)),
+    'bgra8': (np.uint8, 4, (2, 1, 0)),
+    'mono8': (np.uint8, 1, None),
+    '8uc1': (np.uint8, 1, None),
+    'mono16': (np.uint16, 1, None),
+    '16uc1': (np.uint16, 1, None),
+    '32fc1': (np.float32, 1, None),
+}
+
+
+def _decode_fallback(msg) -> np.ndarray:
+    # TODO(ros-edge): remove once dsac_ros.data.image_codec provides the decoder.
+    data = bytes(msg.data)
+    if not data:
+        raise ValueError('image message has empty data')
+    if hasattr(msg, 'format') and not hasattr(msg, 'encoding'):
+        buffer = np.frombuffer(data, dtype=np.uint8)
+        bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise ValueError(f'compressed image (format {msg.format!r}) could not be decoded')
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    encoding = str(msg.encoding).lower()
+    if encoding not in _RAW_LAYOUT:
+        raise ValueError(f'unsupported image encoding {msg.encoding!r}; supported: '
+                         f'{sorted(_RAW_LAYOUT)}')
+    dtype, channels, order = _RAW_LAYOUT[encoding]
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    row_bytes = width * channels * np.dtype(dtype).itemsize
+    if height <= 0 or width <= 0:
+        raise ValueError(f'image has size {width}x{height}')
+    if step < row_bytes or len(data) < step * height:
+        raise ValueError(f'image {width}x{height} {msg.encoding}: step {step} and data length '
+                         f'{len(data)} do not hold the pixels')
+    rows = np.frombuffer(data, dtype=np.uint8, count=step * height).reshape(height, step)
+    pixel_dtype = np.dtype(dtype).newbyteorder('>' if msg.is_bigendian else '<')
+    array = rows[:, :row_bytes].copy().view(pixel_dtype).astype(dtype)
+    array = array.reshape(height, width, channels)
+    if order is not None:
+        array = array[:, :, order]
+    return array[:, :, 0] if channels == 1 else array
+
+
+def check_finite(image: np.ndarray) -> None:
+    """Raises ValueError when a float image holds NaN or infinity."""
+    if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
+        raise ValueError('image holds NaN or infinite values')
+
+
+# ---------------------------------------------------------------------------------------------
+# Camera calibration
+
+
+class DistortionModel(str, Enum):
+    """sensor_msgs/CameraInfo distortion models the node can undo."""
+
+    PLUMB_BOB = 'plumb_bob'
+    RATIONAL_POLYNOMIAL = 'rational_polynomial'
+    EQUIDISTANT = 'equidistant'
+
+
+@dataclass(frozen=True)
+class CameraIntrinsics:
+    """Calibration from a CameraInfo message.
+
+    Attributes:
+        K: (3, 3) float64 pinhole matrix of the raw image, pixels.
+        D: (n,) distortion coefficients (OpenCV order), empty or all zero when undistorted.
+        model: the distortion model.
+        width, height: image size in pixels the calibration is for.
+    """
+
+    K: np.ndarray
+    D: np.ndarray
+    model: DistortionModel
+    width: int
+    height: int
+
+    @property
+    def distorted(self) -> bool:
+        return bool(self.D.size) and bool(np.any(self.D != 0.0))
+
+
+def camera_info_to_intrinsics(msg: CameraInfo) -> CameraIntrinsics:
+    """CameraInfo -> CameraIntrinsics.
+
+    Raises:
+        ValueError: K not a usable pinhole matrix (fx, fy <= 0 or non-finite), size zero, or
+            a non-zero distortion of an unsupported model.
+    """
+    K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
+    D = np.asarray(msg.d, dtype=np.float64).reshape(-1)
+    width, height = int(msg.width), int(msg.height)
+    if not np.isfinite(K).all() or K[0, 0] <= 0.0 or K[1, 1] <= 0.0 or K[2, 2] == 0.0:
+        raise ValueError(f'camera_info K is not a pinhole matrix: {K.reshape(-1).tolist()}')
+    if width <= 0 or height <= 0:
+        raise ValueError(f'camera_info size is {width}x{height}')
+    if not np.isfinite(D).all():
+        raise ValueError('camera_info D holds non-finite values')
+    name = str(msg.distortion_model).strip().lower() or DistortionModel.PLUMB_BOB.value
+    try:
+        model = DistortionModel(name)
+    except ValueError:
+        if np.any(D != 0.0):
+            raise ValueError(
+                f'distortion model {msg.distortion_model!r} is not supported; use one of '
+                f'{[m.value for m in DistortionModel]}') from None
+        model = DistortionModel.PLUMB_BOB
+    if model is DistortionModel.EQUIDISTANT and D.size not in (0, 4):
+        raise ValueError(f'equidistant distortion takes 4 coefficients, got {D.size}')
+    return CameraIntrinsics(K=K / K[2, 2], D=D, model=model, width=width, height=height)
+
+
+def intrinsics_to_camera_info(K_33: np.ndarray, width: int, height: int,
+                              frame_id: str = '') -> CameraInfo:
+    """Pinhole CameraInfo without distortion (plumb_bob, D = 0) for an image of this size."""
+    K = np.asarray(K_33, dtype=np.float64).reshape(3, 3)
+    msg = CameraInfo()
+    msg.header.frame_id = frame_id
+    msg.width, msg.height = int(width), int(height)
+    msg.distortion_model = DistortionModel.PLUMB_BOB.value
+    msg.d = [0.0] * 5
+    msg.k = K.reshape(-1).tolist()
+    msg.r = np.eye(3).reshape(-1).tolist()
+    P = np.zeros((3, 4))
+    P[:, :3] = K
+    msg.p = P.reshape(-1).tolist()
+    return msg
+
+
+class Undistorter:
+    """Removes lens distortion, keeping the same K (so the undistorted image uses ``K``).
+
+    Remap tables are computed once per calibration and reused (cheaper than cv2.undistort per
+    frame). Images of a calibration without distortion pass through untouched.
+    """
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._maps: tuple[np.ndarray, np.ndarray] | None = None
+
+    def __call__(self, image_hw3: np.ndarray, intrinsics: CameraIntrinsics) -> np.ndarray:
+        """Image (H, W, 3) of the raw camera -> undistorted image (H, W, 3) with pinhole K."""
+        if not intrinsics.distorted:
+            return image_hw3
+        key = (intrinsics.K.tobytes(), intrinsics.D.tobytes(), intrinsics.model,
+               intrinsics.width, intrinsics.height)
+        if key != self._key:
+            size = (intrinsics.width, intrinsics.height)
+            if intrinsics.model is DistortionModel.EQUIDISTANT:
+                self._maps = cv2.fisheye.initUndistortRectifyMap(
+                    intrinsics.K, intrinsics.D[:4], np.eye(3), intrinsics.K, size, cv2.CV_16SC2)
+            else:
+                self._maps = cv2.initUndistortRectifyMap(
+                    intrinsics.K, intrinsics.D, np.eye(3), intrinsics.K, size, cv2.CV_16SC2)
+            self._key = key
+        map1, map2 = self._maps
+        return cv2.remap(image_hw3, map1, map2, interpolation=cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_CONSTANT)
+
+
+# ---------------------------------------------------------------------------------------------
+# Poses
+
+
+def matrix_to_pose_fields(T_44: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """4x4 rigid transform -> (translation (3,), quaternion (4,) x, y, z, w with w >= 0)."""
+    T = np.asarray(T_44, dtype=np.float64)
+    if T.shape != (4, 4) or not np.isfinite(T).all():
+        raise ValueError(f'expected a finite 4x4 transform, got shape {T.shape}')
+    quat_xyzw = Rotation.from_matrix(T[:3, :3]).as_quat()
+    if quat_xyzw[3] < 0.0:
+        quat_xyzw = -quat_xyzw
+    return T[:3, 3].copy(), quat_xyzw
+
+
+def pose_fields_to_matrix(translation_3, quat_xyzw_4) -> np.ndarray:
+    """(translation (3,), quaternion xyzw (4,)) -> 4x4 float64 rigid transform."""
+    T = np.eye(4)
+    T[:3, :3] = Rotation.from_quat(np.asarray(quat_xyzw_4, dtype=np.float64)).as_matrix()
+    T[:3, 3] = np.asarray(translation_3, dtype=np.float64)
+    return T
+
+
+def _fill_pose(pose, T_44: np.ndarray) -> None:
+    translation, quat = matrix_to_pose_fields(T_44)
+    pose.position.x, pose.position.y, pose.position.z = (float(v) for v in translation)
+    (pose.orientation.x, pose.orientation.y, pose.orientation.z,
+     pose.orientation.w) = (float(v) for v in quat)
+
+
+def pose_stamped(T_wc_44: np.ndarray, stamp, frame_id: str) -> PoseStamped:
+    """Camera-to-world T_wc -> PoseStamped (pose of the camera in ``frame_id``)."""
+    msg = PoseStamped()
+    msg.header.stamp = stamp
+    msg.header.frame_id = frame_id
+    _fill_pose(msg.pose, T_wc_44)
+    return msg
+
+
+def pose_msg_to_matrix(pose) -> np.ndarray:
+    """geometry_msgs/Pose -> 4x4 (for a camera pose: camera-to-world T_wc)."""
+    p, q = pose.position, pose.orientation
+    return pose_fields_to_matrix((p.x, p.y, p.z), (q.x, q.y, q.z, q.w))
+
+
+def transform_msg_to_matrix(transform) -> np.ndarray:
+    """geometry_msgs/Transform -> 4x4 (parent <- child)."""
+    t, q = transform.translation, transform.rotation
+    return pose_fields_to_matrix((t.x, t.y, t.z), (q.x, q.y, q.z, q.w))
+
+
+def pose_with_covariance_stamped(T_wc_44: np.ndarray, covariance_ros_66: np.ndarray, stamp,
+                                 frame_id: str) -> PoseWithCovarianceStamped:
+    """T_wc and a covariance already in ROS order (see `covariance_to_ros`) -> message."""
+    cov = np.asarray(covariance_ros_66, dtype=np.float64)
+    if cov.shape != (6, 6):
+        raise ValueError(f'covariance must be 6x6, got {cov.shape}')
+    msg = PoseWithCovarianceStamped()
+    msg.header.stamp = stamp
+    msg.header.frame_id = frame_id
+    _fill_pose(msg.pose.pose, T_wc_44)
+    msg.pose.covariance = cov.reshape(-1).tolist()
+    return msg
+
+
+def transform_stamped(T_parent_child_44: np.ndarray, stamp, parent_frame: str,
+                      child_frame: str) -> TransformStamped:
+    """T (parent <- child, e.g. T_wc for map -> camera) -> TransformStamped."""
+    msg = TransformStamped()
+    msg.header.stamp = stamp
+    msg.header.frame_id = parent_frame
+    msg.child_frame_id = child_frame
+    translation, quat = matrix_to_pose_fields(T_parent_child_44)
+    msg.transform.translation.x, msg.transform.translation.y, msg.transform.translation.z = (
+        float(v) for v in translation)
+    (msg.transform.rotation.x, msg.transform.rotation.y, msg.transform.rotation.z,
+     msg.transform.rotation.w) = (float(v) for v in quat)
+    return msg
+
+
+def covariance_to_ros(covariance_66: np.ndarray, T_wc_44: np.ndarray) -> np.ndarray:
+    """Estimator covariance -> ROS PoseWithCovariance order and frame.
+
+    The estimator's covariance (``dsac_ros.dsac``) is over a left perturbation of the
+    world-to-camera pose, ordered (rotation, translation): ``T_cw' = exp([dw, dv]^) T_cw``, with
+    dw (rad) and dv (m) in camera axes.
+
+    ROS wants (x, y, z, rot x, rot y, rot z) of the camera pose in the map frame: position
+    ``c = t_wc`` and a left rotation perturbation ``R_wc' = exp([dtheta]x) R_wc`` (dtheta in map
+    axes). Since ``T_wc' = T_wc exp(-[dw, dv]^)``, to first order ``dtheta = -R_wc dw`` and
+    ``dc = -R_wc dv``; with that Jacobian J, ``cov_ros = J cov J^T`` (blocks reordered).
+
+    Args:
+        covariance_66: (6, 6) covariance of (dw rad, dv m) in the camera frame.
+        T_wc_44: camera-to-world pose the covariance belongs to.
+
+    Returns:
+        (6, 6) covariance over (x, y, z in m, rot x, rot y, rot z in rad), map frame. Non-finite
+        input gives a covariance of -1 on the diagonal's first entry (ROS: unknown).
+    """
+    cov = np.asarray(covariance_66, dtype=np.float64)
+    if cov.shape != (6, 6):
+        raise ValueError(f'covariance must be 6x6, got {cov.shape}')
+    if not np.isfinite(cov).all():
+        unknown = np.zeros((6, 6))
+        unknown[0, 0] = -1.0
+        return unknown
+    T_wc = np.asarray(T_wc_44, dtype=np.float64)
+    R_wc = T_wc[:3, :3]
+    J = np.zeros((6, 6))
+    J[:3, 3:6] = -R_wc   # dc from dv
+    J[3:6, 0:3] = -R_wc  # dtheta from dw
+    out = J @ cov @ J.T
+    return 0.5 * (out + out.T)
+
+
+# ---------------------------------------------------------------------------------------------
+# Diagnostics
+
+
+def diagnostic_array(stamp, name: str, hardware_id: str, level: int, message: str,
+                     values: dict[str, object]) -> DiagnosticArray:
+    """One DiagnosticStatus (level OK/WARN/ERROR/STALE as bytes) with key/value pairs."""
+    status = DiagnosticStatus()
+    status.level = bytes([int(level)])
+    status.name = name
+    status.hardware_id = hardware_id
+    status.message = message
+    status.values = [KeyValue(key=str(k), value=_format_value(v)) for k, v in values.items()]
+    msg = DiagnosticArray()
+    msg.header.stamp = stamp
+    msg.status = [status]
+    return msg
+
+
+def _format_value(value: object) -> str:
+    if isinstance(value, float):
+        return 'nan' if math.isnan(value) else f'{value:.4g}'
+    return str(value)
+
+
+def diagnostic_values(msg: DiagnosticArray) -> dict[str, str]:
+    """All key/value pairs of a DiagnosticArray (first status wins on duplicate keys)."""
+    out: dict[str, str] = {}
+    for status in msg.status:
+        for kv in status.values:
+            out.setdefault(kv.key, kv.value)
+    return out

@@ -1,0 +1,54 @@
+"""Test-session set-up shared by every test.
+
+Every rclpy participant started by a test (in this process or a child) stays on loopback:
+the project's Fast DDS profile, ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST, a random
+ROS_DOMAIN_ID per session and ROS_HOME in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+import shutil
+import sys
+
+import pytest
+
+from dsac_ros.ros.dds_env import loopback_dds_env
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHM = Path('/dev/shm')
+
+
+def _fastdds_shm_files() -> set[str]:
+    if not SHM.is_dir():
+        return set()
+    return {p.name for p in SHM.iterdir() if 'fastdds' in p.name or 'fastrtps' in p.name}
+
+
+_SHM_BEFORE = pytest.StashKey[set]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ.update(loopback_dds_env())  # ROS_HOME: a fresh temporary folder
+    config.stash[_SHM_BEFORE] = _fastdds_shm_files()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(os.environ['ROS_HOME'], ignore_errors=True)
+    leftover = _fastdds_shm_files() - session.config.stash.get(_SHM_BEFORE, set())
+    if leftover and exitstatus == 0:
+        # A node that did not shut down cleanly leaves its shared-memory segments behind.
+        sys.stderr.write(f'\nFast DDS files left in /dev/shm: {sorted(leftover)[:5]}\n')
+        session.exitstatus = 1
+
+
+@pytest.fixture(scope='session')
+def ros_env() -> dict[str, str]:
+    """Environment for ROS child processes: this session's loopback DDS settings."""
+    return dict(os.environ)
+
+
+@pytest.fixture(scope='session')
+def repo_root() -> Path:
+    return REPO_ROOT

@@ -1,0 +1,64 @@
+"""The package installs the way colcon installs an ament_python package, and the pip
+environment exposes the same layout to ament_index."""
+
+from importlib import import_module
+from importlib.metadata import entry_points
+from pathlib import Path
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CONSOLE_SCRIPTS = ('relocalize_node', 'dsac_train', 'dsac_evaluate', 'dsac_extract_bag',
+                   'dsac_make_scene', 'dsac_demo')
+
+
+def test_package_xml_declares_ament_python_and_ros_dependencies():
+    root = ET.parse(REPO / 'package.xml').getroot()
+    assert root.tag == 'package' and root.get('format') == '3'
+    assert root.findtext('name') == 'dsac_ros'
+    assert root.find('export/build_type').text == 'ament_python'
+    exec_depends = {e.text for e in root.findall('exec_depend')}
+    assert {'rclpy', 'sensor_msgs', 'geometry_msgs', 'std_msgs', 'tf2_msgs'} <= exec_depends
+    assert {'python3-torch', 'python3-numpy', 'python3-opencv', 'python3-scipy'} <= exec_depends
+    assert 'python3-pytest' in {e.text for e in root.findall('test_depend')}
+
+
+def test_colcon_style_install_layout(tmp_path):
+    """`setup.py install` is what colcon runs for ament_python packages."""
+    prefix = tmp_path / 'install'
+    subprocess.run(
+        [sys.executable, 'setup.py', '-q', 'egg_info', '--egg-base', str(tmp_path),
+         'build', '--build-base', str(tmp_path / 'build'),
+         'install', '--prefix', str(prefix), '--record', str(tmp_path / 'record.txt'),
+         '--single-version-externally-managed'],
+        cwd=REPO, check=True, capture_output=True)
+    assert (prefix / 'share/ament_index/resource_index/packages/dsac_ros').is_file()
+    share = prefix / 'share/dsac_ros'
+    assert (share / 'package.xml').read_text() == (REPO / 'package.xml').read_text()
+    assert (share / 'launch/relocalize.launch.py').is_file()
+    assert (share / 'config/relocalize.yaml').is_file()
+    assert (share / 'config/fastdds_localhost.xml').is_file()
+    for script in CONSOLE_SCRIPTS:
+        # ros2 run looks in lib/<package>/ (setup.cfg's install_scripts).
+        assert (prefix / 'lib/dsac_ros' / script).is_file(), script
+
+
+def test_pip_environment_is_an_ament_prefix(monkeypatch):
+    ament_packages = pytest.importorskip('ament_index_python.packages')
+    monkeypatch.setenv('AMENT_PREFIX_PATH', sys.prefix)
+    share = Path(ament_packages.get_package_share_directory('dsac_ros'))
+    assert (share / 'package.xml').is_file()
+    assert (share / 'config/relocalize.yaml').is_file()
+    assert (share / 'launch/relocalize.launch.py').is_file()
+    for script in CONSOLE_SCRIPTS:
+        assert (Path(sys.prefix) / 'bin' / script).is_file(), script
+
+
+@pytest.mark.parametrize('script', CONSOLE_SCRIPTS)
+def test_console_script_targets_import(script):
+    (entry,) = [e for e in entry_points(group='console_scripts') if e.name == script]
+    module_name, function_name = entry.value.split(':')
+    assert callable(getattr(import_module(module_name), function_name))
