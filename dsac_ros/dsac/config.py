@@ -59,7 +59,15 @@ class EstimatorConfig:
         refinement_steps: inlier re-selection + re-solve rounds applied to the chosen pose.
         max_refinement_inliers: at most this many inliers (a random subset) per round.
         min_refinement_inliers: a hypothesis stops refining once it has fewer inliers.
-        refinement_pnp_iterations: Gauss-Newton iterations of `refine_pnp` per round.
+        refinement_pnp_iterations: Gauss-Newton iterations of `refine_pnp` per round (each
+            round starts from the previous round's pose, so one is enough).
+        stop_when_inliers_unchanged: a hypothesis also stops refining when its inlier set is
+            the same as in the previous round (the next round would re-fit the same points).
+        p4p_gauss_newton_steps: LM steps on all 4 points after P3P in `solve_p4p` (0 = the
+            exact P3P solution of 3 points, disambiguated by the 4th).
+        polish_with_all_inliers: after the refinement rounds, `estimate` runs one more
+            `refine_pnp` on ALL inliers of the refined pose (not in `expected_pose_loss`, where
+            every hypothesis would need it). Off = exactly the paper's refinement.
         selection: RANSAC, SOFTAM or DSAC.
         min_inliers_for_pose: the final pose is valid only with at least this many inliers (and
             images with fewer valid cells than this, or fewer than 4, get no pose at all).
@@ -74,7 +82,10 @@ class EstimatorConfig:
     refinement_steps: int = 8
     max_refinement_inliers: int = 100
     min_refinement_inliers: int = 50
-    refinement_pnp_iterations: int = 3
+    refinement_pnp_iterations: int = 1
+    stop_when_inliers_unchanged: bool = True
+    p4p_gauss_newton_steps: int = 0
+    polish_with_all_inliers: bool = True
     selection: Selection = Selection.RANSAC
     min_inliers_for_pose: int = 20
     max_reprojection_error_px: float = 100.0
@@ -94,7 +105,8 @@ class EstimatorConfig:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
         non_negative_ints = ('refinement_steps', 'min_refinement_inliers',
-                             'refinement_pnp_iterations', 'min_inliers_for_pose')
+                             'refinement_pnp_iterations', 'min_inliers_for_pose',
+                             'p4p_gauss_newton_steps')
         for name in non_negative_ints:
             if int(getattr(self, name)) < 0:
                 raise ValueError(f'{name} must be >= 0, got {getattr(self, name)}')

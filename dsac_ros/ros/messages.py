@@ -348,22 +348,23 @@ def transform_stamped(T_parent_child_44: np.ndarray, stamp, parent_frame: str,
 def covariance_to_ros(covariance_66: np.ndarray, T_wc_44: np.ndarray) -> np.ndarray:
     """Estimator covariance -> ROS PoseWithCovariance order and frame.
 
-    The estimator's covariance (``dsac_ros.dsac``) is over a left perturbation of the
-    world-to-camera pose, ordered (rotation, translation): ``T_cw' = exp([dw, dv]^) T_cw``, with
-    dw (rad) and dv (m) in camera axes.
+    The estimator's covariance (``dsac_ros.dsac.estimator.PoseEstimate``) is over the twist
+    xi = (rho, phi), translation first (m) then rotation (rad), of a perturbation in the CAMERA
+    frame: ``T_wc_true = T_wc_est @ exp(xi^)``.
 
     ROS wants (x, y, z, rot x, rot y, rot z) of the camera pose in the map frame: position
-    ``c = t_wc`` and a left rotation perturbation ``R_wc' = exp([dtheta]x) R_wc`` (dtheta in map
-    axes). Since ``T_wc' = T_wc exp(-[dw, dv]^)``, to first order ``dtheta = -R_wc dw`` and
-    ``dc = -R_wc dv``; with that Jacobian J, ``cov_ros = J cov J^T`` (blocks reordered).
+    ``c = t_wc`` and a fixed-axis (left) rotation perturbation ``R_wc' = exp([dtheta]x) R_wc``
+    with dtheta in map axes. To first order ``T_wc exp(xi^)`` has ``dc = R_wc rho`` and
+    ``dtheta = R_wc phi``, so ``cov_ros = J cov J^T`` with ``J = blockdiag(R_wc, R_wc)``: both
+    3-blocks rotated into the map frame, the order (translation, rotation) already matches.
 
     Args:
-        covariance_66: (6, 6) covariance of (dw rad, dv m) in the camera frame.
+        covariance_66: (6, 6) covariance of (rho m, phi rad) in the camera frame.
         T_wc_44: camera-to-world pose the covariance belongs to.
 
     Returns:
         (6, 6) covariance over (x, y, z in m, rot x, rot y, rot z in rad), map frame. Non-finite
-        input gives a covariance of -1 on the diagonal's first entry (ROS: unknown).
+        input gives -1 in the first diagonal entry (ROS convention for unknown).
     """
     cov = np.asarray(covariance_66, dtype=np.float64)
     if cov.shape != (6, 6):
@@ -375,8 +376,8 @@ def covariance_to_ros(covariance_66: np.ndarray, T_wc_44: np.ndarray) -> np.ndar
     T_wc = np.asarray(T_wc_44, dtype=np.float64)
     R_wc = T_wc[:3, :3]
     J = np.zeros((6, 6))
-    J[:3, 3:6] = -R_wc   # dc from dv
-    J[3:6, 0:3] = -R_wc  # dtheta from dw
+    J[:3, :3] = R_wc   # dc = R_wc rho
+    J[3:, 3:] = R_wc   # dtheta = R_wc phi
     out = J @ cov @ J.T
     return 0.5 * (out + out.T)
 
@@ -385,11 +386,11 @@ def covariance_to_ros(covariance_66: np.ndarray, T_wc_44: np.ndarray) -> np.ndar
 # Diagnostics
 
 
-def diagnostic_array(stamp, name: str, hardware_id: str, level: int, message: str,
+def diagnostic_array(stamp, name: str, hardware_id: str, level: int | bytes, message: str,
                      values: dict[str, object]) -> DiagnosticArray:
-    """One DiagnosticStatus (level OK/WARN/ERROR/STALE as bytes) with key/value pairs."""
+    """One DiagnosticStatus (level DiagnosticStatus.OK/WARN/ERROR/STALE) with key/values."""
     status = DiagnosticStatus()
-    status.level = bytes([int(level)])
+    status.level = level if isinstance(level, bytes) else bytes([int(level)])
     status.name = name
     status.hardware_id = hardware_id
     status.message = message

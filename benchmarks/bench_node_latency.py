@@ -1,0 +1,189 @@
+"""Receive -> publish latency of relocalize_node per frame, and its parts.
+
+Runs the node in this process (the same RelocalizeNode, FramePipeline and Relocalizer the
+``relocalize_node`` executable runs) with a publisher node on loopback DDS, one frame at a time
+(the next frame is sent once the previous pose is out, so nothing is dropped or queued), at
+640x480 and 320x240 input, on the CPU and on CUDA when present. Parts, from the node's own
+per-frame accounting (milliseconds):
+
+  transport  image stamp -> subscription callback (DDS, shared memory on loopback)
+  queue      callback -> worker picks the frame up
+  decode     Image -> RGB numpy (+ undistortion; none here)
+  network    scene-coordinate CNN (incl. resizing to the model's input size)
+  estimator  DSAC hypotheses, scoring, selection, refinement
+  publish    building and publishing PoseStamped, PoseWithCovarianceStamped and /tf
+  total      callback -> poses published (the node's latency_ms)
+
+    .venv/bin/python benchmarks/bench_node_latency.py [--model PATH] [--frames 30]
+
+Without the shipped demo model (dsac_ros/assets/demo_model.pt) and no --model, a small
+untrained network is used: timings are then those of that network, and the estimator runs on
+poses it cannot find (usually shorter refinement), which the table says.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+import os
+from pathlib import Path
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, Image
+
+from dsac_ros.ros import messages
+from dsac_ros.ros.dds_env import loopback_dds_env
+from dsac_ros.ros.node import RelocalizeNode, default_model_path
+
+PARTS = ('transport', 'queue', 'decode', 'network', 'estimator', 'publish', 'total')
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    model_path: Path
+    frames: int = 30
+    warmup: int = 3
+    sizes: tuple[tuple[int, int], ...] = ((640, 480), (320, 240))
+    devices: tuple[str, ...] = ('cpu',)
+    threads: int = 0
+
+
+def _frames(size: tuple[int, int], count: int):
+    """Rendered frames of the demo scene at ``size`` (width, height) with their K."""
+    from dsac_ros.data.synthetic import SyntheticRoom, SyntheticSceneConfig, trajectories
+
+    scene = SyntheticSceneConfig()
+    _, poses = trajectories(scene)
+    room = SyntheticRoom(scene.seed, scene.room_size_m)
+    sx, sy = size[0] / scene.width, size[1] / scene.height
+    K = scene.K.copy()
+    K[0] *= sx
+    K[1] *= sy
+    K[0, 2] = (scene.K[0, 2] + 0.5) * sx - 0.5
+    K[1, 2] = (scene.K[1, 2] + 0.5) * sy - 0.5
+    out = []
+    for T_wc in poses[: min(count, 12)]:
+        rgb, _ = room.render_frame(T_wc, K, size[0], size[1])
+        out.append((rgb, K))
+    return out
+
+
+def run(config: BenchConfig, device: str, size: tuple[int, int]) -> dict[str, np.ndarray]:
+    """Per-frame part timings (ms) for one device and input size."""
+    frames = _frames(size, config.frames)
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    overrides = [rclpy.parameter.Parameter(k, value=v) for k, v in {
+        'model_path': str(config.model_path), 'device': device, 'num_threads': config.threads,
+        'input_reliability': 'reliable', 'image_topic': '/bench/image',
+        'camera_info_topic': '/bench/camera_info', 'min_inliers': 0}.items()]
+    node = RelocalizeNode(context=context, parameter_overrides=overrides)
+    client = rclpy.create_node('bench_camera', context=context)
+    qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+    image_pub = client.create_publisher(Image, '/bench/image', qos)
+    info_pub = client.create_publisher(CameraInfo, '/bench/camera_info', qos)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    executor.add_node(client)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    rows = []
+    try:
+        deadline = time.monotonic() + 10.0
+        while image_pub.get_subscription_count() == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        for i in range(config.warmup + config.frames):
+            rgb, K = frames[i % len(frames)]
+            image = messages.rgb_to_image_msg(rgb, 'camera')
+            info = messages.intrinsics_to_camera_info(K, size[0], size[1], 'camera')
+            before = node.counters()['frames_processed']
+            messages.ns_to_stamp(time.time_ns(), image.header.stamp)
+            info.header.stamp = image.header.stamp
+            info_pub.publish(info)  # camera_info first, as camera drivers do
+            image_pub.publish(image)
+            deadline = time.monotonic() + 30.0
+            while node.counters()['frames_processed'] == before:
+                if time.monotonic() > deadline:
+                    raise RuntimeError('the node did not process a frame within 30 s')
+                time.sleep(0.001)
+            c = node.counters()
+            if i >= config.warmup:
+                rows.append([c['transport_ms'], c['queue_ms'], c['decode_ms'], c['network_ms'],
+                             c['estimator_ms'], c['publish_ms'], c['latency_ms']])
+        poses = node.counters()['poses_published']
+    finally:
+        executor.shutdown()
+        spinner.join(5.0)
+        node.destroy_node()
+        client.destroy_node()
+        rclpy.shutdown(context=context)
+    table = np.asarray(rows, np.float64)
+    result = {part: table[:, j] for j, part in enumerate(PARTS)}
+    result['poses'] = np.array([poses])
+    return result
+
+
+def _tiny_model(path: Path) -> Path:
+    import torch
+
+    from dsac_ros.data.synthetic import SyntheticSceneConfig
+    from dsac_ros.models.checkpoint import save_checkpoint
+    from dsac_ros.models.scene_coordinate_net import SceneCoordinateNet
+
+    net = SceneCoordinateNet()
+    net.set_scene_mean(torch.tensor([3.0, 2.5, 1.5]))
+    scene = SyntheticSceneConfig()
+    return save_checkpoint(path, net, None, torch.tensor(scene.K), (scene.height, scene.width))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--model', type=Path, default=None)
+    p.add_argument('--frames', type=int, default=30)
+    p.add_argument('--threads', type=int, default=0, help='torch CPU threads (0: default)')
+    a = p.parse_args(argv)
+    # DDS reads these when the participants are created (rclpy.init), not at import.
+    os.environ.update(loopback_dds_env(base=os.environ))
+    import torch
+
+    model = a.model or default_model_path()
+    note = ''
+    tmp = None
+    if not model.is_file():
+        tmp = tempfile.TemporaryDirectory()
+        model = _tiny_model(Path(tmp.name) / 'untrained.pt')
+        note = ' (UNTRAINED network of the default architecture: no demo model found)'
+    devices = ('cpu', 'cuda') if torch.cuda.is_available() else ('cpu',)
+    config = BenchConfig(model_path=model, frames=a.frames, devices=devices, threads=a.threads)
+    print(f'model: {model}{note}')
+    print(f'torch threads: {torch.get_num_threads() if not a.threads else a.threads}, '
+          f'frames per row: {config.frames} (+{config.warmup} warm-up), median [p90] ms')
+    header = f'{"device":6} {"input":>8} ' + ' '.join(f'{p:>14}' for p in PARTS) + '  poses'
+    print(header)
+    print('-' * len(header))
+    totals = {}
+    for device in config.devices:
+        for size in config.sizes:
+            r = run(config, device, size)
+            cells = ' '.join(f'{np.median(r[p]):7.1f} [{np.percentile(r[p], 90):5.1f}]'
+                             for p in PARTS)
+            print(f'{device:6} {size[0]:>4}x{size[1]:<3} {cells}  {int(r["poses"][0])}',
+                  flush=True)
+            totals[(device, size)] = float(np.median(r['total']))
+    for device in config.devices:
+        big, small = totals[(device, (640, 480))], totals[(device, (320, 240))]
+        print(f'{device}: total at 640x480 / 320x240 = {big / small:.2f}x')
+    if tmp is not None:
+        tmp.cleanup()
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

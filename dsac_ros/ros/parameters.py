@@ -1,0 +1,205 @@
+"""Parameters of the relocalization node: one table of specs, declaration and validation.
+
+Defaults here equal config/relocalize.yaml. Parameters marked read-only are fixed at start
+(topics, model, device, QoS); the others can be changed at run time with ``ros2 param set``
+and are validated by the node's on-set callback (an invalid value is refused with a reason).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from enum import Enum
+import re
+from typing import Any
+
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.node import Node
+
+
+class Reliability(str, Enum):
+    """QoS reliability of the camera subscriptions."""
+
+    BEST_EFFORT = 'best_effort'  # qos_profile_sensor_data: drop rather than stall
+    RELIABLE = 'reliable'
+
+
+class Device(str, Enum):
+    """Where the networks and the estimator run; AUTO picks CUDA when present."""
+
+    AUTO = 'auto'
+    CPU = 'cpu'
+    CUDA = 'cuda'
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """Values of all node parameters (see `PARAMETER_SPECS` for meaning, units and ranges)."""
+
+    model_path: str = ''
+    device: str = Device.AUTO.value
+    num_threads: int = 0
+    seed: int = 0
+    image_topic: str = '/camera/image_raw'
+    camera_info_topic: str = '/camera/camera_info'
+    compressed_input: bool = False
+    input_reliability: str = Reliability.BEST_EFFORT.value
+    pose_topic: str = '/camera_pose'
+    pose_with_covariance_topic: str = '/camera_pose_with_covariance'
+    map_frame: str = 'map'
+    camera_frame: str = ''
+    publish_tf: bool = True
+    num_hypotheses: int = 256
+    inlier_threshold_px: float = 10.0
+    refinement_steps: int = 8
+    min_inliers: int = 50
+    max_rate_hz: float = 0.0
+    diagnostics_period_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    """Description and limits of one parameter (ranges are inclusive)."""
+
+    description: str
+    read_only: bool = False
+    min_value: float | None = None
+    max_value: float | None = None
+    choices: tuple[str, ...] = ()
+
+
+PARAMETER_SPECS: dict[str, ParameterSpec] = {
+    'model_path': ParameterSpec(
+        'Checkpoint (.pt) of the scene; empty: the shipped demo model (dsac_ros/assets).',
+        read_only=True),
+    'device': ParameterSpec(
+        "'auto' (CUDA when present), 'cuda' (falls back to CPU with a warning) or 'cpu'.",
+        read_only=True, choices=tuple(d.value for d in Device)),
+    'num_threads': ParameterSpec("CPU threads for torch; 0 keeps torch's default.",
+                                 read_only=True, min_value=0, max_value=256),
+    'seed': ParameterSpec('Seed of the hypothesis sampler (repeatable poses).', read_only=True,
+                          min_value=0, max_value=2**31 - 1),
+    'image_topic': ParameterSpec(
+        'Image topic (sensor_msgs/Image); with compressed_input the CompressedImage is read '
+        'from <image_topic>/compressed as image_transport publishes it.', read_only=True),
+    'camera_info_topic': ParameterSpec('sensor_msgs/CameraInfo of the camera.', read_only=True),
+    'compressed_input': ParameterSpec('Subscribe to sensor_msgs/CompressedImage (jpeg/png).',
+                                      read_only=True),
+    'input_reliability': ParameterSpec(
+        "QoS reliability of the camera subscriptions: 'best_effort' (sensor data) or "
+        "'reliable'.", read_only=True, choices=tuple(r.value for r in Reliability)),
+    'pose_topic': ParameterSpec('geometry_msgs/PoseStamped output (camera pose in map_frame).',
+                                read_only=True),
+    'pose_with_covariance_topic': ParameterSpec(
+        'geometry_msgs/PoseWithCovarianceStamped output (covariance in ROS order, map_frame).',
+        read_only=True),
+    'map_frame': ParameterSpec('Frame of the scene model: frame_id of the pose and TF parent.'),
+    'camera_frame': ParameterSpec(
+        'TF child frame (optical frame, OpenCV axes); empty: the image header frame_id.'),
+    'publish_tf': ParameterSpec('Broadcast map_frame -> camera_frame on /tf.'),
+    'num_hypotheses': ParameterSpec('Pose hypotheses sampled per frame (RANSAC pool size).',
+                                    min_value=1, max_value=4096),
+    'inlier_threshold_px': ParameterSpec('Reprojection error below which a cell is an inlier, '
+                                         "pixels of the model's input size.",
+                                         min_value=0.5, max_value=50.0),
+    'refinement_steps': ParameterSpec('Inlier re-selection + PnP refinement rounds.',
+                                      min_value=0, max_value=100),
+    'min_inliers': ParameterSpec('Publish a pose only with at least this many inlier cells.',
+                                 min_value=0, max_value=100000),
+    'max_rate_hz': ParameterSpec('Most frames localized per second; 0: as fast as possible.',
+                                 min_value=0.0, max_value=1000.0),
+    'diagnostics_period_s': ParameterSpec('Period of the /diagnostics status, seconds.',
+                                          read_only=True, min_value=0.05, max_value=60.0),
+}
+
+_FRAME_RE = re.compile(r'^[A-Za-z0-9_][A-Za-z0-9_./-]*$')
+
+
+def validate(name: str, value: Any) -> str | None:
+    """Why ``value`` is not acceptable for parameter ``name``, or None when it is."""
+    spec = PARAMETER_SPECS.get(name)
+    if spec is None:
+        return None  # not ours (e.g. use_sim_time)
+    default = getattr(NodeSettings(), name)
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            return f'{name} must be a bool, got {value!r}'
+    elif isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f'{name} must be an integer, got {value!r}'
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f'{name} must be a number, got {value!r}'
+        if value != value or value in (float('inf'), float('-inf')):
+            return f'{name} must be finite, got {value!r}'
+    elif not isinstance(value, str):
+        return f'{name} must be a string, got {value!r}'
+    if spec.min_value is not None and value < spec.min_value:
+        return f'{name}={value!r} is below the minimum {spec.min_value}'
+    if spec.max_value is not None and value > spec.max_value:
+        return f'{name}={value!r} is above the maximum {spec.max_value}'
+    if spec.choices and value not in spec.choices:
+        return f'{name}={value!r} is not one of {list(spec.choices)}'
+    if name == 'map_frame' and not _FRAME_RE.match(value):
+        return f'map_frame={value!r} is not a valid frame id (non-empty, no leading /)'
+    if name == 'camera_frame' and value and not _FRAME_RE.match(value):
+        return f'camera_frame={value!r} is not a valid frame id (no leading /)'
+    if name.endswith('_topic') and not value:
+        return f'{name} must not be empty'
+    return None
+
+
+def _descriptor(name: str, spec: ParameterSpec, default: Any) -> ParameterDescriptor:
+    descriptor = ParameterDescriptor(description=spec.description, read_only=spec.read_only)
+    if spec.choices:
+        descriptor.additional_constraints = f'one of {list(spec.choices)}'
+    if spec.min_value is not None and spec.max_value is not None:
+        if isinstance(default, int) and not isinstance(default, bool):
+            descriptor.integer_range = [IntegerRange(
+                from_value=int(spec.min_value), to_value=int(spec.max_value), step=1)]
+        elif isinstance(default, float):
+            descriptor.floating_point_range = [FloatingPointRange(
+                from_value=float(spec.min_value), to_value=float(spec.max_value), step=0.0)]
+    if isinstance(default, float):
+        # `-p inlier_threshold_px:=12` arrives as an integer: accept it (validate() checks the
+        # type is a number and the range).
+        descriptor.dynamic_typing = True
+    return descriptor
+
+
+def declare_parameters(node: Node) -> NodeSettings:
+    """Declares every parameter on ``node`` (overrides from --params-file / -p applied) and
+    returns the values.
+
+    Raises:
+        ValueError: a value is invalid (out of range, wrong type, unknown choice); the message
+            names the parameter. rclpy's own exceptions for range/type errors are re-raised as
+            ValueError with their text.
+    """
+    defaults = NodeSettings()
+    for f in fields(NodeSettings):
+        default = getattr(defaults, f.name)
+        spec = PARAMETER_SPECS[f.name]
+        try:
+            node.declare_parameter(f.name, default, _descriptor(f.name, spec, default))
+        except Exception as exc:  # InvalidParameterValueException / InvalidParameterTypeException
+            if isinstance(exc, ValueError) and not type(exc).__module__.startswith('rclpy'):
+                raise
+            raise ValueError(f'parameter {f.name}: {exc}') from exc
+    return current_settings(node, check=True)
+
+
+def current_settings(node: Node, overrides: dict[str, Any] | None = None,
+                     check: bool = False) -> NodeSettings:
+    """NodeSettings from the node's parameters, with ``overrides`` (pending sets) applied."""
+    values = {f.name: node.get_parameter(f.name).value for f in fields(NodeSettings)}
+    values.update(overrides or {})
+    if check:
+        for name, value in values.items():
+            reason = validate(name, value)
+            if reason is not None:
+                raise ValueError(reason)
+    # Integers given for float parameters (e.g. -p max_rate_hz:=5) are accepted as floats.
+    for f in fields(NodeSettings):
+        if isinstance(getattr(NodeSettings(), f.name), float):
+            values[f.name] = float(values[f.name])
+    return NodeSettings(**values)

@@ -1,0 +1,249 @@
+"""Publishes a 7-Scenes-layout sequence as a camera: sensor_msgs/Image rgb8 + CameraInfo.
+
+    python -m dsac_ros.ros.player SCENE_ROOT [--split test] [--rate 15] [--frame-id camera]
+        [--image-topic /camera/image_raw] [--camera-info-topic /camera/camera_info]
+        [--max-frames N] [--duration S] [--loop] [--wait-subscribers 1] [--gt-out gt.json]
+
+Each image and its CameraInfo carry the same stamp (wall clock at publish) and ``frame_id``.
+``--gt-out`` writes, per published frame, its stamp, name and ground-truth camera-to-world pose
+T_wc (from pose.txt), so a recorder's output can be matched to ground truth by stamp.
+Exits after the frames (or duration) are done, or cleanly on SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+import json
+import logging
+import os
+from pathlib import Path
+import sys
+import time
+
+import cv2
+import numpy as np
+import rclpy
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, Image
+
+from dsac_ros.ros.messages import intrinsics_to_camera_info, ns_to_stamp, rgb_to_image_msg
+
+_LOG = logging.getLogger('dsac_ros.player')
+
+
+@dataclass(frozen=True)
+class PlayerConfig:
+    """What to play and how.
+
+    Attributes:
+        scene_root: 7-Scenes layout root (TrainSplit.txt / TestSplit.txt, seq-XX folders,
+            optional intrinsics.json).
+        split: 'train' or 'test'.
+        rate_hz: frames per second.
+        frame_id: header frame_id of images and camera info (the camera's optical frame).
+        resize: (width, height) to scale images (and K) to, or None.
+        max_frames: stop after this many published frames (0: all frames once, or until
+            ``duration_s`` with ``loop``).
+        duration_s: stop after this many seconds (0: no limit).
+        loop: start over at the end of the sequence.
+        wait_subscribers: wait (up to wait_timeout_s) until the image topic has this many
+            subscriptions before publishing.
+        reliable: publish with reliable QoS (else best effort).
+        gt_out: JSON file for the stamps and ground-truth poses of the published frames.
+    """
+
+    scene_root: Path
+    split: str = 'test'
+    rate_hz: float = 15.0
+    frame_id: str = 'camera'
+    image_topic: str = '/camera/image_raw'
+    camera_info_topic: str = '/camera/camera_info'
+    resize: tuple[int, int] | None = None
+    max_frames: int = 0
+    duration_s: float = 0.0
+    loop: bool = False
+    wait_subscribers: int = 1
+    wait_timeout_s: float = 20.0
+    reliable: bool = True
+    gt_out: Path | None = None
+
+
+@dataclass(frozen=True)
+class SequenceFrame:
+    """One frame to play: RGB uint8 (H, W, 3), K (3, 3) in pixels, T_wc (4, 4) camera-to-world."""
+
+    name: str
+    image_rgb: np.ndarray
+    K: np.ndarray
+    T_wc: np.ndarray
+
+
+def load_frames(root: Path, split: str, resize: tuple[int, int] | None = None
+                ) -> list[SequenceFrame]:
+    """Frames of ``split`` under a 7-Scenes layout root, via dsac_ros.data.seven_scenes."""
+    try:
+        from dsac_ros.data.seven_scenes import SceneDataset
+    except ImportError:  # TODO(ros-edge): remove once dsac_ros.data.seven_scenes has landed
+        SceneDataset = None
+    frames: list[SequenceFrame] = []
+    if SceneDataset is not None:
+        dataset = SceneDataset(root, split=split)
+        for i in range(len(dataset)):
+            f = dataset[i]
+            frames.append(SequenceFrame(str(f.name), f.image_rgb, np.asarray(f.K, np.float64),
+                                        np.asarray(f.T_wc, np.float64)))
+    else:
+        frames = _load_frames_fallback(Path(root), split)
+    if not frames:
+        raise ValueError(f'no frames in split {split!r} of {root}')
+    if resize is not None:
+        frames = [_resized(f, resize) for f in frames]
+    return frames
+
+
+def _resized(frame: SequenceFrame, size: tuple[int, int]) -> SequenceFrame:
+    height, width = frame.image_rgb.shape[:2]
+    image = cv2.resize(frame.image_rgb, size, interpolation=cv2.INTER_AREA)
+    sx, sy = size[0] / width, size[1] / height
+    K = frame.K.copy()
+    K[0, 0] *= sx
+    K[1, 1] *= sy
+    # Pixel centres at integer coordinates: c' = (c + 0.5) * s - 0.5.
+    K[0, 2] = (K[0, 2] + 0.5) * sx - 0.5
+    K[1, 2] = (K[1, 2] + 0.5) * sy - 0.5
+    return SequenceFrame(frame.name, image, K, frame.T_wc)
+
+
+def _load_frames_fallback(root: Path, split: str) -> list[SequenceFrame]:
+    # TODO(ros-edge): remove once dsac_ros.data.seven_scenes has landed.
+    split_file = root / ('TestSplit.txt' if split == 'test' else 'TrainSplit.txt')
+    names = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
+    seqs = [root / f'seq-{int(name.lower().replace("sequence", "")):02d}' for name in names]
+    intr = json.loads((root / 'intrinsics.json').read_text())['color']
+    K = np.array([[intr['fx'], 0.0, intr['cx']], [0.0, intr['fy'], intr['cy']], [0, 0, 1.0]])
+    frames = []
+    for seq in seqs:
+        for color in sorted(seq.glob('frame-*.color.png')):
+            stem = str(color)[:-len('.color.png')]
+            bgr = cv2.imread(str(color), cv2.IMREAD_COLOR)
+            frames.append(SequenceFrame(f'{seq.name}/{Path(stem).name}',
+                                        cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), K,
+                                        np.loadtxt(f'{stem}.pose.txt').reshape(4, 4)))
+    return frames
+
+
+def play(config: PlayerConfig) -> int:
+    """Publishes the frames (rclpy must be initialised); returns the number published."""
+    frames = load_frames(config.scene_root, config.split, config.resize)
+    node = rclpy.create_node('dsac_player')
+    try:
+        return _play(node, frames, config)
+    finally:
+        node.destroy_node()
+
+
+def _play(node, frames: list[SequenceFrame], config: PlayerConfig) -> int:
+    qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE if config.reliable
+                     else ReliabilityPolicy.BEST_EFFORT)
+    image_pub = node.create_publisher(Image, config.image_topic, qos)
+    info_pub = node.create_publisher(CameraInfo, config.camera_info_topic, qos)
+    images = [rgb_to_image_msg(f.image_rgb, config.frame_id) for f in frames]
+    infos = [intrinsics_to_camera_info(f.K, f.image_rgb.shape[1], f.image_rgb.shape[0],
+                                       config.frame_id) for f in frames]
+    deadline = time.monotonic() + config.wait_timeout_s
+    while (rclpy.ok() and image_pub.get_subscription_count() < config.wait_subscribers
+           and time.monotonic() < deadline):
+        time.sleep(0.05)
+    if image_pub.get_subscription_count() < config.wait_subscribers:
+        node.get_logger().warning(
+            f'{config.image_topic} has {image_pub.get_subscription_count()} subscriptions '
+            f'after {config.wait_timeout_s} s; publishing anyway')
+    period = 1.0 / config.rate_hz
+    start = time.monotonic()
+    records = []
+    sent = 0
+    while rclpy.ok():
+        index = sent % len(frames)
+        if sent >= len(frames) and not config.loop:
+            break
+        if config.max_frames and sent >= config.max_frames:
+            break
+        if config.duration_s and time.monotonic() - start >= config.duration_s:
+            break
+        due = start + sent * period
+        delay = due - time.monotonic()
+        if delay > 0.0:
+            time.sleep(delay)
+        stamp_ns = time.time_ns()
+        image, info = images[index], infos[index]
+        ns_to_stamp(stamp_ns, image.header.stamp)
+        info.header.stamp = image.header.stamp
+        info_pub.publish(info)
+        image_pub.publish(image)
+        records.append({'stamp_ns': stamp_ns, 'name': frames[index].name,
+                        'T_wc': frames[index].T_wc.tolist()})
+        sent += 1
+    elapsed = time.monotonic() - start
+    node.get_logger().info(f'published {sent} frames in {elapsed:.1f} s')
+    if config.gt_out is not None:
+        _write_json(config.gt_out, {'frame_id': config.frame_id, 'frames': records})
+    return sent
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f'.{path.name}.tmp')
+    tmp.write_text(json.dumps(payload))
+    os.replace(tmp, path)
+
+
+def _size(text: str) -> tuple[int, int]:
+    width, height = text.lower().split('x')
+    return int(width), int(height)
+
+
+def parse_args(argv: list[str] | None = None) -> PlayerConfig:
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('scene_root', type=Path)
+    p.add_argument('--split', default='test', choices=('train', 'test'))
+    p.add_argument('--rate', type=float, default=15.0, help='frames per second')
+    p.add_argument('--frame-id', default='camera')
+    p.add_argument('--image-topic', default='/camera/image_raw')
+    p.add_argument('--camera-info-topic', default='/camera/camera_info')
+    p.add_argument('--resize', type=_size, default=None, help='WIDTHxHEIGHT')
+    p.add_argument('--max-frames', type=int, default=0)
+    p.add_argument('--duration', type=float, default=0.0, help='seconds (0: no limit)')
+    p.add_argument('--loop', action='store_true')
+    p.add_argument('--wait-subscribers', type=int, default=1)
+    p.add_argument('--wait-timeout', type=float, default=20.0)
+    p.add_argument('--best-effort', action='store_true')
+    p.add_argument('--gt-out', type=Path, default=None)
+    a = p.parse_args(argv)
+    if a.rate <= 0:
+        p.error('--rate must be > 0')
+    return PlayerConfig(scene_root=a.scene_root, split=a.split, rate_hz=a.rate,
+                        frame_id=a.frame_id, image_topic=a.image_topic,
+                        camera_info_topic=a.camera_info_topic, resize=a.resize,
+                        max_frames=a.max_frames, duration_s=a.duration, loop=a.loop,
+                        wait_subscribers=a.wait_subscribers, wait_timeout_s=a.wait_timeout,
+                        reliable=not a.best_effort, gt_out=a.gt_out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_args(argv)
+    rclpy.init()
+    try:
+        play(config)
+    except (KeyboardInterrupt, ValueError, OSError) as exc:
+        if not isinstance(exc, KeyboardInterrupt):
+            print(f'dsac_player: {exc}', file=sys.stderr)
+            return 2
+    finally:
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""Training data held in memory: images, scene-coordinate targets, poses and intrinsics.
+
+Small scenes (hundreds of 320x240 frames) fit easily in RAM as uint8 images plus float32
+(3, H/8, W/8) targets, so the trainer never touches the disk after loading.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from dsac_ros.geometry.camera import cell_centers
+
+_LOG = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingSet:
+    """All frames of one split, as tensors (CPU).
+
+    images_b3hw: (N, 3, H, W) uint8 RGB.
+    coords_b3hw: (N, 3, H/8, W/8) float32 world-frame scene coordinates in metres, NaN where
+        unknown; None when the scene has no depth (reprojection initialisation then).
+    T_cw_b44: (N, 4, 4) float64 world-to-camera poses.
+    K_33: (3, 3) float64 colour intrinsics (pixels) of the (H, W) images.
+    names: frame names.
+    """
+
+    images_b3hw: Tensor
+    coords_b3hw: Tensor | None
+    T_cw_b44: Tensor
+    K_33: Tensor
+    names: list[str]
+
+    def __len__(self) -> int:
+        return int(self.images_b3hw.shape[0])
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(height, width) in pixels."""
+        return int(self.images_b3hw.shape[2]), int(self.images_b3hw.shape[3])
+
+    def scene_mean(self) -> Tensor:
+        """(3,) mean of the valid targets (metres, world); camera centres if no depth."""
+        if self.coords_b3hw is not None:
+            pts = self.coords_b3hw.permute(0, 2, 3, 1).reshape(-1, 3)
+            pts = pts[torch.isfinite(pts).all(dim=1)]
+            if len(pts):
+                return pts.double().mean(dim=0).float()
+        T_wc = torch.linalg.inv(self.T_cw_b44)
+        # No depth: a point 2 m in front of each camera is a rough centre of what is seen.
+        ahead = T_wc[:, :3, 3] + 2.0 * T_wc[:, :3, 2]
+        return ahead.mean(dim=0).float()
+
+
+def coords_from_depth(depth_m_hw: np.ndarray, K_depth_33: np.ndarray, T_wc_44: np.ndarray,
+                      stride: int = 8) -> np.ndarray:
+    """Scene coordinates at the cell centres from a depth image registered to colour.
+
+    Private fallback for ``dsac_ros.data.scene_coordinates_from_depth`` (used only while that
+    is missing; TO REMOVE once data lands). Returns (3, H/stride, W/stride) float32, NaN where
+    the depth is invalid.
+    """
+    h, w = depth_m_hw.shape
+    centers = cell_centers(h // stride, w // stride, stride, dtype=torch.float64).numpy()
+    u, v = centers[0], centers[1]
+    d = depth_m_hw[v.astype(int), u.astype(int)].astype(np.float64)
+    x = (u - K_depth_33[0, 2]) / K_depth_33[0, 0] * d
+    y = (v - K_depth_33[1, 2]) / K_depth_33[1, 1] * d
+    cam = np.stack([x, y, d], 0).reshape(3, -1)
+    world = T_wc_44[:3, :3] @ cam + T_wc_44[:3, 3:4]
+    world[:, ~(np.isfinite(d.ravel()) & (d.ravel() > 0))] = np.nan
+    return world.reshape(3, h // stride, w // stride).astype(np.float32)
+
+
+def load_training_set(root: str | Path, split: str = 'train', stride: int = 8,
+                      use_depth: bool = True, max_frames: int | None = None) -> TrainingSet:
+    """Read a 7-Scenes-layout scene split into memory.
+
+    Images must all have one size (a multiple of ``stride``). With ``use_depth`` False (or no
+    depth in the scene) ``coords_b3hw`` is None.
+    """
+    from dsac_ros.data.seven_scenes import SceneDataset
+    try:
+        from dsac_ros.data.seven_scenes import scene_coordinates_from_depth as _coords
+    except ImportError:  # pragma: no cover - fallback while data is in flux
+        _coords = coords_from_depth
+    dataset = SceneDataset(root, split=split)
+    n = len(dataset)
+    if n == 0:
+        raise ValueError(f'scene {root} has no {split} frames')
+    if max_frames is not None and max_frames < n:
+        # Evenly spaced subset, so a small budget still covers the whole trajectory.
+        indices = np.linspace(0, n - 1, max_frames).round().astype(int).tolist()
+    else:
+        indices = list(range(n))
+    images, coords, poses, names = [], [], [], []
+    K = None
+    have_depth = use_depth
+    for i in indices:
+        frame = dataset[i]
+        if K is None:
+            K = np.asarray(frame.K, np.float64)
+            size = frame.image_rgb.shape[:2]
+            if size[0] % stride or size[1] % stride:
+                raise ValueError(f'image size {size[1]}x{size[0]} of {root} is not a multiple '
+                                 f'of the network stride {stride}')
+        elif frame.image_rgb.shape[:2] != size or not np.allclose(frame.K, K):
+            raise ValueError(f'frame {frame.name} differs in image size or intrinsics from the '
+                             'first frame; the trainer needs one camera per scene')
+        images.append(torch.from_numpy(np.ascontiguousarray(frame.image_rgb)).permute(2, 0, 1))
+        T_wc = np.asarray(frame.T_wc, np.float64)
+        poses.append(torch.from_numpy(np.linalg.inv(T_wc)))
+        names.append(frame.name)
+        if have_depth and frame.depth_m is not None:
+            K_depth = frame.K_depth if frame.K_depth is not None else frame.K
+            coords.append(torch.from_numpy(_coords(frame.depth_m, K_depth, T_wc, stride)))
+        else:
+            have_depth = False
+    if not have_depth and use_depth:
+        _LOG.warning('scene %s has no depth for every frame: training from poses only', root)
+    return TrainingSet(
+        images_b3hw=torch.stack(images),
+        coords_b3hw=torch.stack(coords).float() if have_depth else None,
+        T_cw_b44=torch.stack(poses),
+        K_33=torch.from_numpy(K),
+        names=names,
+    )

@@ -1,0 +1,152 @@
+"""Gradients of the DSAC / SoftAM expected pose loss: autograd vs central differences."""
+
+import pytest
+import torch
+from torch import nn
+
+from dsac_ros.dsac import DsacEstimator, EstimatorConfig, Selection, expected_pose_loss
+from dsac_ros.dsac.synthetic import CorrespondenceCaseConfig, make_correspondence_case
+from dsac_ros.geometry.transforms import pose_loss
+
+torch.set_num_threads(1)
+
+
+class TinyScore(nn.Module):
+    """A minimal learned score: conv on the error image, pooled: (B, N, H, W) -> (B, N)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3, padding=1, dtype=torch.float64)
+        self.head = nn.Linear(2, 1, dtype=torch.float64)
+        torch.manual_seed(0)
+        for p in self.parameters():
+            nn.init.normal_(p, std=0.3)
+
+    def forward(self, errors_bnhw):
+        B, N, H, W = errors_bnhw.shape
+        x = torch.tanh(self.conv(errors_bnhw.reshape(B * N, 1, H, W) / 10.0))
+        return 20.0 * self.head(x.mean(dim=(2, 3))).reshape(B, N)
+
+
+def _small_case(outliers=0.25, seed=0):
+    cfg = CorrespondenceCaseConfig(height=6, width=8, outlier_fraction=outliers, noise_px=1.0,
+                                   focal_px=60.0)
+    return make_correspondence_case(cfg, batch=2, seed=seed)
+
+
+def _config(selection):
+    return EstimatorConfig(num_hypotheses=6, selection=selection, refinement_steps=2,
+                           max_refinement_inliers=16, min_refinement_inliers=8,
+                           refinement_pnp_iterations=2, score_alpha=0.5)
+
+
+def _loss(coords, case, config, score_fn, seed=7):
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return expected_pose_loss(coords, case.K_b33, case.T_cw_b44, config, score_fn, g)
+
+
+@pytest.mark.parametrize('selection', [Selection.DSAC, Selection.SOFTAM])
+def test_gradient_reaches_coordinates_and_score_parameters(selection):
+    case = _small_case()
+    coords = case.scene_coords_b3hw.clone().requires_grad_(True)
+    score = TinyScore()
+    loss = _loss(coords, case, _config(selection), score)
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    assert float(loss.detach()) > 0
+    loss.backward()
+    assert bool(torch.isfinite(coords.grad).all())
+    assert float(coords.grad.abs().sum()) > 0
+    for name, p in score.named_parameters():
+        assert p.grad is not None and bool(torch.isfinite(p.grad).all()), name
+        assert float(p.grad.abs().sum()) > 0, name
+
+
+@pytest.mark.parametrize('selection', [Selection.DSAC, Selection.SOFTAM])
+@pytest.mark.parametrize('learned', [False, True], ids=['soft_inliers', 'score_net'])
+def test_gradient_matches_central_differences(selection, learned):
+    case = _small_case(seed=1)
+    config = _config(selection)
+    score = TinyScore() if learned else None
+    coords = case.scene_coords_b3hw.clone().requires_grad_(True)
+    loss = _loss(coords, case, config, score)
+    (grad,) = torch.autograd.grad(loss, coords)
+    assert bool(torch.isfinite(grad).all())
+    # the entries with the largest gradient (inlier cells that drive the loss) and a few random
+    flat = grad.abs().flatten()
+    perm = torch.randperm(flat.numel(), generator=torch.Generator().manual_seed(0))
+    picks = torch.cat([flat.topk(4).indices, perm[:4]])
+    h = 1e-6
+    for idx in picks.tolist():
+        plus = case.scene_coords_b3hw.clone()
+        minus = case.scene_coords_b3hw.clone()
+        plus.view(-1)[idx] += h
+        minus.view(-1)[idx] -= h
+        with torch.no_grad():
+            up, down = _loss(plus, case, config, score), _loss(minus, case, config, score)
+        numeric = (up - down) / (2 * h)
+        analytic = grad.reshape(-1)[idx]
+        assert abs(float(numeric - analytic)) <= 1e-4 * max(1.0, abs(float(numeric))), (
+            idx, float(numeric), float(analytic))
+    assert float(flat.max()) > 0
+
+
+def test_score_parameter_gradient_matches_central_differences():
+    case = _small_case(seed=2)
+    config = _config(Selection.DSAC)
+    score = TinyScore()
+    loss = _loss(case.scene_coords_b3hw, case, config, score)
+    (grad,) = torch.autograd.grad(loss, score.head.weight)
+    h = 1e-6
+    for k in range(score.head.weight.numel()):
+        with torch.no_grad():
+            score.head.weight.view(-1)[k] += h
+            up = _loss(case.scene_coords_b3hw, case, config, score)
+            score.head.weight.view(-1)[k] -= 2 * h
+            down = _loss(case.scene_coords_b3hw, case, config, score)
+            score.head.weight.view(-1)[k] += h
+        numeric = (up - down) / (2 * h)
+        assert abs(float(numeric - grad.view(-1)[k])) <= 1e-5 * max(1.0, abs(float(numeric)))
+
+
+def test_ransac_loss_rejected_and_bad_ground_truth():
+    case = _small_case()
+    with pytest.raises(ValueError, match='RANSAC'):
+        _loss(case.scene_coords_b3hw, case, _config(Selection.RANSAC), None)
+    with pytest.raises(ValueError, match='T_cw_gt_b44'):
+        expected_pose_loss(case.scene_coords_b3hw, case.K_b33, case.T_cw_b44[:1],
+                           _config(Selection.DSAC))
+
+
+def test_image_without_valid_cells_is_skipped():
+    case = _small_case()
+    coords = case.scene_coords_b3hw.clone()
+    coords[1] = float('nan')
+    coords.requires_grad_(True)
+    loss = _loss(coords, case, _config(Selection.DSAC), None)
+    loss.backward()
+    assert torch.isfinite(loss) and float(loss.detach()) > 0
+    assert bool(torch.isfinite(coords.grad).all())
+    assert float(coords.grad[1].abs().sum()) == 0.0
+    # only image 0 counts: same value as image 0 alone with the same pool
+    assert float(coords.grad[0].abs().sum()) > 0
+
+
+@pytest.mark.parametrize('selection', [Selection.DSAC, Selection.SOFTAM])
+def test_sharp_softmax_loss_equals_loss_of_ransac_estimate(selection):
+    """With a very large alpha, P(j) is one-hot on the best hypothesis, so both losses equal
+    pose_loss of the refined argmax hypothesis, i.e. of the RANSAC estimate (same pool)."""
+    cfg = CorrespondenceCaseConfig(height=30, width=40, outlier_fraction=0.5)
+    case = make_correspondence_case(cfg, batch=2, seed=3)
+    coords = case.scene_coords_b3hw.float()
+    K = case.K_b33.float()
+    common = dict(num_hypotheses=64, score_alpha=1000.0, polish_with_all_inliers=False)
+    g = torch.Generator().manual_seed(4)
+    est = DsacEstimator(EstimatorConfig(selection=Selection.RANSAC, **common)).estimate(
+        coords, K, generator=g)
+    expected = pose_loss(est.T_cw_b44.double(), case.T_cw_b44).mean()
+    g = torch.Generator().manual_seed(4)
+    loss = expected_pose_loss(coords, K, case.T_cw_b44.float(),
+                              EstimatorConfig(selection=selection, **common), None, g)
+    assert abs(float(loss) - float(expected)) < 1e-3 * max(1.0, float(expected)), (
+        float(loss), float(expected))
