@@ -378,3 +378,24 @@ def test_planar_scene_round_trip():
         deg_cv, m_cv = pose_errors(_opencv_pose(case, b, iterations=256), case.T_cw_b44[b])
         assert float(deg[b]) < 0.5 and float(m[b]) < 0.01
         assert float(deg[b]) <= float(deg_cv) + 0.1 and float(m[b]) <= float(m_cv) + 0.003
+
+
+def test_scratch_buffers_do_not_leak_between_calls_or_threads():
+    from concurrent.futures import ThreadPoolExecutor
+
+    small = make_correspondence_case(CorrespondenceCaseConfig(outlier_fraction=0.5), seed=12)
+    big = make_correspondence_case(CorrespondenceCaseConfig(height=60, width=80), seed=13)
+    inputs = [(c.scene_coords_b3hw.float(), c.K_b33.float()) for c in (small, big)]
+    config = EstimatorConfig(num_hypotheses=128)
+
+    def fresh(i):
+        return DsacEstimator(config).estimate(*inputs[i]).T_cw_b44
+
+    expected = [fresh(0), fresh(1)]
+    shared = DsacEstimator(config)
+    for i in (0, 1, 0, 1):  # sizes alternate: buffers grow, then are reused as views
+        assert torch.equal(shared.estimate(*inputs[i]).T_cw_b44, expected[i])
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(lambda i: shared.estimate(*inputs[i]).T_cw_b44, [0, 1] * 4))
+    for k, T in enumerate(results):
+        assert torch.equal(T, expected[k % 2])

@@ -10,7 +10,7 @@ import threading
 
 import pytest
 from rclpy.parameter_client import AsyncParameterClient
-from test_ros_node import RosClient, model_path  # noqa: F401
+from test_ros_node import RosClient, model_path, own_domain  # noqa: F401
 import yaml
 
 from dsac_ros.ros.parameters import PARAMETER_SPECS, NodeSettings
@@ -34,9 +34,10 @@ def test_node_with_params_file_overrides_and_remaps(ros_env, model_path, tmp_pat
     command = node_command(PARAMS_FILE, {'model_path': str(model_path), 'num_hypotheses': 77,
                                          'num_threads': 1, 'diagnostics_period_s': 0.2})
     command += ['-r', '/camera/image_raw:=/cam/image', '-r', '/camera/camera_info:=/cam/info']
-    with RosProcesses(ros_env, tmp_path) as procs:
+    env = own_domain(ros_env)
+    with RosProcesses(env, tmp_path) as procs:
         node = procs.start('node', command)
-        client = RosClient()
+        client = RosClient(env)
         try:
             assert wait_for(lambda: bool(client.last_diag()), 60.0, children=[node]), node.log()
             assert wait_for(lambda: client.node.count_publishers('/cam/image') == 0
@@ -81,7 +82,8 @@ def test_launch_file_starts_the_node(ros_env, model_path, monkeypatch):  # noqa:
 
     from launch import LaunchDescription, LaunchService
 
-    for key, value in ros_env.items():
+    env = own_domain(ros_env)
+    for key, value in env.items():
         monkeypatch.setenv(key, value)
     service = LaunchService()
     service.include_launch_description(LaunchDescription([IncludeLaunchDescription(
@@ -90,7 +92,7 @@ def test_launch_file_starts_the_node(ros_env, model_path, monkeypatch):  # noqa:
                           'image_topic': '/launch/image'}.items())]))
     runner = threading.Thread(target=service.run, daemon=True)
     runner.start()
-    client = RosClient()
+    client = RosClient(env)
     try:
         assert wait_for(lambda: client.node.count_subscribers('/launch/image') == 1, 60.0)
     finally:

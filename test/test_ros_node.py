@@ -7,7 +7,9 @@ so the tests that need poses are skipped with that reason.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+import random
 import threading
 import time
 
@@ -79,12 +81,27 @@ NODE_TEST_PARAMS = {'num_threads': 1, 'input_reliability': 'reliable',
                     'diagnostics_period_s': 0.2, 'num_hypotheses': 64}
 
 
-class RosClient:
-    """In-test rclpy participant: publishes camera messages, collects the node's outputs."""
+_DOMAINS = iter(random.Random().sample(range(101, 233), 132))
 
-    def __init__(self, reliable: bool = True) -> None:
+
+def own_domain(ros_env: dict[str, str]) -> dict[str, str]:
+    """ros_env with a ROS_DOMAIN_ID of its own (101..232; conftest draws 1..100), so that a
+    test's node never sees another test's node or client."""
+    return {**ros_env, 'ROS_DOMAIN_ID': str(next(_DOMAINS))}
+
+
+class RosClient:
+    """In-test rclpy participant: publishes camera messages, collects the node's outputs.
+
+    Args:
+        env: the environment whose ROS_DOMAIN_ID to join (os.environ's when None).
+        reliable: QoS reliability of the camera publishers.
+    """
+
+    def __init__(self, env: dict[str, str] | None = None, reliable: bool = True) -> None:
         self.context = rclpy.Context()
-        rclpy.init(context=self.context)
+        domain = int((env or os.environ)['ROS_DOMAIN_ID'])
+        rclpy.init(context=self.context, domain_id=domain)
         self.node = rclpy.create_node('test_client', context=self.context)
         self.lock = threading.Lock()
         self.poses: list[PoseStamped] = []
@@ -155,10 +172,11 @@ def frames(scene_dir):
 @pytest.fixture(scope='module')
 def running_node(ros_env, model_path, tmp_path_factory):
     """One node process for the module (tests use disjoint checks); stopped with SIGINT."""
-    with RosProcesses(ros_env, tmp_path_factory.mktemp('node_logs')) as procs:
+    env = own_domain(ros_env)
+    with RosProcesses(env, tmp_path_factory.mktemp('node_logs')) as procs:
         node = procs.start('node', node_command(
             PARAMS_FILE, {'model_path': str(model_path), **NODE_TEST_PARAMS}))
-        client = RosClient()
+        client = RosClient(env)
         try:
             assert client.wait_node(60.0, children=[node]), node.log()
             yield node, client, procs
@@ -319,10 +337,11 @@ def test_bad_messages_do_not_stop_the_node(running_node, frames):
 def test_compressed_input_without_camera_info(ros_env, model_path, frames, tmp_path):
     """A node on CompressedImage (jpeg, image_transport's <topic>/compressed) that never gets
     camera_info warns once, falls back to the model's intrinsics and still localizes."""
-    with RosProcesses(ros_env, tmp_path) as procs:
+    env = own_domain(ros_env)
+    with RosProcesses(env, tmp_path) as procs:
         node = procs.start('node', node_command(PARAMS_FILE, {
             'model_path': str(model_path), 'compressed_input': True, **NODE_TEST_PARAMS}))
-        client = RosClient()
+        client = RosClient(env)
         jpeg_pub = client.node.create_publisher(
             CompressedImage, '/camera/image_raw/compressed',
             QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
@@ -348,6 +367,64 @@ def test_compressed_input_without_camera_info(ros_env, model_path, frames, tmp_p
     log = node.log()
     assert log.count('no camera_info received') == 1, log
     assert '/camera/image_raw/compressed' in log
+
+
+class _KnownPoseRelocalizer:
+    """Deterministic stand-in for Relocalizer: a fixed pose and covariance, so the test checks
+    the node's adapter (messages, frames, stamps, TF, covariance mapping, min_inliers) exactly."""
+
+    def __init__(self, inliers: int) -> None:
+        rng = np.random.default_rng(7)
+        self.T_wc = np.eye(4)
+        self.T_wc[:3, :3] = cv2.Rodrigues(rng.normal(size=3))[0]
+        self.T_wc[:3, 3] = [1.5, -0.7, 1.2]
+        A = rng.normal(size=(6, 6)) * 1e-2
+        self.covariance = A @ A.T
+        self.inliers = inliers
+
+    def localize(self, image, K):
+        return type('Localization', (), {
+            'T_wc': self.T_wc, 'T_cw': np.linalg.inv(self.T_wc), 'valid': True,
+            'inlier_count': self.inliers, 'inlier_ratio': 0.5, 'score_entropy': 0.25,
+            'covariance': self.covariance, 'timings': {'network': 1.0, 'estimator': 1.0}})()
+
+
+def test_published_messages_carry_the_relocalizer_pose(ros_env, frames):
+    from dsac_ros.ros.node import RelocalizeNode
+
+    env = own_domain(ros_env)
+    client = RosClient(env)
+    reloc = _KnownPoseRelocalizer(inliers=120)
+    node = RelocalizeNode(relocalizer=reloc, context=client.context, parameter_overrides=[
+        Parameter('input_reliability', value='reliable'),
+        Parameter('diagnostics_period_s', value=0.2), Parameter('min_inliers', value=100)])
+    client.executor.add_node(node)
+    try:
+        assert wait_for(lambda: client.image_pub.get_subscription_count() > 0, 10.0)
+        stamp = client.publish(*_good(frames[0]))
+        assert wait_for(lambda: client.poses and client.poses_cov and client.tf, 10.0)
+        pose, pose_cov, tf = client.poses[0], client.poses_cov[0], client.tf[0].transforms[0]
+        for header in (pose.header, pose_cov.header, tf.header):
+            assert messages.stamp_to_ns(header.stamp) == stamp and header.frame_id == 'map'
+        assert tf.child_frame_id == 'camera_optical'  # camera_frame empty: image frame_id
+        np.testing.assert_allclose(messages.pose_msg_to_matrix(pose.pose), reloc.T_wc,
+                                   atol=1e-12)
+        np.testing.assert_allclose(messages.pose_msg_to_matrix(pose_cov.pose.pose), reloc.T_wc,
+                                   atol=1e-12)
+        np.testing.assert_allclose(messages.transform_msg_to_matrix(tf.transform), reloc.T_wc,
+                                   atol=1e-12)
+        np.testing.assert_allclose(np.reshape(pose_cov.pose.covariance, (6, 6)),
+                                   messages.covariance_to_ros(reloc.covariance, reloc.T_wc))
+        # Below min_inliers: processed, but no pose.
+        reloc.inliers = 99
+        client.publish(*_good(frames[1]))
+        assert wait_for(lambda: client.counter('frames_without_pose') >= 1, 5.0)
+        assert len(client.poses) == 1 and len(client.tf) == 1
+        assert client.last_diag()['last_inliers'] == '99'
+    finally:
+        client.executor.remove_node(node)
+        node.destroy_node()
+        client.close()
 
 
 @NEEDS_REAL_MODEL
@@ -396,7 +473,7 @@ def played(ros_env, model_path, scene_dir, tmp_path_factory):
     """Runs player, node and recorder processes once; returns (gt, recorded, node log)."""
     out = tmp_path_factory.mktemp('played')
     gt_path, poses_path, ready = out / 'gt.json', out / 'poses.json', out / 'ready'
-    with RosProcesses(ros_env, out) as procs:
+    with RosProcesses(own_domain(ros_env), out) as procs:
         recorder = procs.start('recorder', module_command(
             'dsac_ros.ros.pose_recorder', str(poses_path), '--ready-file', str(ready)))
         node = procs.start('node', node_command(

@@ -11,7 +11,7 @@ import time
 
 import cv2
 import numpy as np
-from test_ros_node import PARAMS_FILE, RosClient, model_path, scene_dir  # noqa: F401
+from test_ros_node import PARAMS_FILE, RosClient, model_path, own_domain, scene_dir  # noqa: F401
 
 from dsac_ros.ros import messages
 from dsac_ros.ros.player import load_frames
@@ -27,11 +27,12 @@ def test_flood_drops_frames_without_queueing_or_growing(ros_env, model_path,  # 
     frames = load_frames(scene_dir, 'test', resize=(640, 480))
     images = [messages.rgb_to_image_msg(f.image_rgb, 'camera') for f in frames]
     infos = [messages.intrinsics_to_camera_info(f.K, 640, 480, 'camera') for f in frames]
-    with RosProcesses(ros_env, tmp_path) as procs:
+    env = own_domain(ros_env)
+    with RosProcesses(env, tmp_path) as procs:
         node = procs.start('node', node_command(PARAMS_FILE, {
             'model_path': str(model_path), 'num_threads': 1, 'diagnostics_period_s': 0.25,
             'num_hypotheses': 64}))  # default input QoS: best effort, depth 1
-        client = RosClient(reliable=False)
+        client = RosClient(env, reliable=False)
         try:
             assert client.wait_node(60.0, children=[node]), node.log()
             start = time.monotonic()

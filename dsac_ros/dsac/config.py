@@ -29,7 +29,8 @@ class ScoreFunction(Protocol):
         errors_bnhw: (B, N, H, W) reprojection error in pixels of every scene-coordinate cell
             under each of the N hypotheses of each of the B images. Invalid cells (NaN scene
             coordinates) and points behind the camera hold `max_reprojection_error_px`; every
-            error is clamped to that value, so inputs are finite and bounded.
+            error is clamped to that value, so inputs are finite and bounded. At inference the
+            tensor is scratch memory reused by the next call: do not keep a reference to it.
 
     Returns:
         (B, N) scores, higher is better. They are turned into selection probabilities by
@@ -62,12 +63,14 @@ class EstimatorConfig:
         refinement_pnp_iterations: Gauss-Newton iterations of `refine_pnp` per round (each
             round starts from the previous round's pose, so one is enough).
         stop_when_inliers_unchanged: a hypothesis also stops refining when its inlier set is
-            the same as in the previous round (the next round would re-fit the same points).
+            the same as in the previous round (the next round would re-fit the same points; with
+            one LM iteration per round that forgoes a little convergence, which the inference
+            polish step recovers; it did not change the expected training loss measurably).
         p4p_gauss_newton_steps: LM steps on all 4 points after P3P in `solve_p4p` (0 = the
             exact P3P solution of 3 points, disambiguated by the 4th).
         polish_with_all_inliers: after the refinement rounds, `estimate` runs one more
             `refine_pnp` on ALL inliers of the refined pose (not in `expected_pose_loss`, where
-            every hypothesis would need it). Off = exactly the paper's refinement.
+            every hypothesis would need it). Off = only the paper's rounds of <= 100 inliers.
         selection: RANSAC, SOFTAM or DSAC.
         min_inliers_for_pose: the final pose is valid only with at least this many inliers (and
             images with fewer valid cells than this, or fewer than 4, get no pose at all).

@@ -14,8 +14,10 @@ Pipeline per image (all B images and N hypotheses at once, no Python loop over e
      SoftAM the average), then polished once on all its inliers; for training
      (`expected_pose_loss`, DSAC) every hypothesis is refined, batched.
 
-Speed (benchmarks/bench_estimator.py, 1 CPU thread): the error maps of all hypotheses are one
-batched matmul plus a few in-place passes; the rest is small batched ops.
+Speed (benchmarks/bench_estimator.py): the error maps of all hypotheses are one matmul plus a
+few in-place passes into scratch buffers kept per estimator and thread (`_Workspace`; fresh
+multi-megabyte temporaries page-fault on every call); the rest is small batched ops, of which
+the P4P solver is the largest share.
 
 Poses are T_cw (world-to-camera, x_cam = R x_world + t, OpenCV camera axes); T_wc is its
 inverse (camera-to-world, what ROS publishes as map -> camera).
@@ -26,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 import logging
 import math
+import threading
 
 import torch
 from torch import Tensor
@@ -118,6 +121,28 @@ class _Frame:
                        usable_b=self.usable_b[start:stop])
 
 
+class _Workspace:
+    """Scratch buffers for the inference error maps, reused from call to call.
+
+    The (N, M) temporaries of one frame are megabytes; freshly allocated each call, the C
+    allocator hands them back to the OS and every call page-faults them in again, which cost
+    about a third of the CPU time per frame at 60x80 cells. Buffers only grow; they are views
+    valid until the next call (one workspace per thread, see `DsacEstimator`).
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, Tensor] = {}
+
+    def take(self, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        numel = math.prod(shape)
+        buf = self._buffers.get(name)
+        if (buf is None or buf.numel() < numel or buf.dtype != like.dtype
+                or buf.device != like.device):
+            buf = torch.empty(numel, dtype=like.dtype, device=like.device)
+            self._buffers[name] = buf
+        return buf[:numel].view(shape)
+
+
 def _prepare(scene_coords_b3hw: Tensor, K_b33: Tensor, stride: int,
              config: EstimatorConfig) -> _Frame:
     """Check shapes / intrinsics and flatten the map; raises ValueError naming the problem."""
@@ -168,35 +193,49 @@ def _prepare(scene_coords_b3hw: Tensor, K_b33: Tensor, stride: int,
                   width=W, usable_b=usable_b)
 
 
-def reprojection_error_maps(T_cw_bk44: Tensor, frame: _Frame, max_error_px: float) -> Tensor:
+def reprojection_error_maps(T_cw_bk44: Tensor, frame: _Frame, max_error_px: float,
+                            workspace: _Workspace | None = None) -> Tensor:
     """Reprojection errors (px) of all cells under K poses per image: (B, K, M).
 
     One batched matmul (K [R|t])_k @ [X; 1] for all K poses, then per cell
     e = |(p_x - u p_z, p_y - v p_z)| / p_z, which needs no per-hypothesis division of x and y.
     Invalid cells get `max_error_px`; a point behind the camera (p_z <= 1e-6 m) is divided by
     1e-6, which pushes it to `max_error_px` unless it lies within microns of the camera centre.
-    All errors are clamped to `max_error_px`.
+    All errors are clamped to `max_error_px`. With a `workspace` (inference only, no autograd)
+    the result lives in its buffers and is valid until the workspace is used again.
     """
     B, Kh = T_cw_bk44.shape[:2]
     M = frame.points_b4m.shape[2]
     P_bk34 = frame.K_b33[:, None] @ T_cw_bk44[:, :, :3, :]
+    grad = torch.is_grad_enabled() and (T_cw_bk44.requires_grad or frame.points_b4m.requires_grad)
+    if grad:
+        workspace = None
+    ref = frame.points_b4m
+
+    def buffer(name: str, shape: tuple[int, ...]) -> Tensor | None:
+        return workspace.take(name, shape, ref) if workspace is not None else None
+
     if B == 1:  # a plain mm is about twice as fast as a one-batch bmm on CPU
-        proj_bk3m = torch.mm(P_bk34.reshape(Kh * 3, 4), frame.points_b4m[0])
+        proj_bk3m = torch.mm(P_bk34.reshape(Kh * 3, 4), frame.points_b4m[0],
+                             out=buffer('proj', (Kh * 3, M)))
     else:
-        proj_bk3m = torch.bmm(P_bk34.reshape(B, Kh * 3, 4), frame.points_b4m)
+        proj_bk3m = torch.bmm(P_bk34.reshape(B, Kh * 3, 4), frame.points_b4m,
+                              out=buffer('proj', (B, Kh * 3, M)))
     proj_bk3m = proj_bk3m.reshape(B, Kh, 3, M)
     x, y, z = proj_bk3m.unbind(2)
-    qu = torch.addcmul(x, z, frame.pixels_2m[0], value=-1.0)
-    qv = torch.addcmul(y, z, frame.pixels_2m[1], value=-1.0)
-    z = z.clamp(min=_MIN_DEPTH)
-    if torch.is_grad_enabled() and proj_bk3m.requires_grad:
+    qu = torch.addcmul(x, z, frame.pixels_2m[0], value=-1.0, out=buffer('qu', (B, Kh, M)))
+    qv = torch.addcmul(y, z, frame.pixels_2m[1], value=-1.0, out=buffer('qv', (B, Kh, M)))
+    if grad:
         # tiny offset: finite sqrt gradient at zero error
-        err = torch.sqrt(qu * qu + qv * qv + 1e-12) / z
+        err = torch.sqrt(qu * qu + qv * qv + 1e-12) / z.clamp(min=_MIN_DEPTH)
         err = err.clamp(max=max_error_px)
     else:  # inference: in place, no autograd bookkeeping
+        z = torch.clamp(z, min=_MIN_DEPTH, out=buffer('z', (B, Kh, M)))
         err = qu.mul_(qu).addcmul_(qv, qv).sqrt_().div_(z).clamp_(max=max_error_px)
     if frame.has_invalid:
-        err = err.masked_fill(~frame.valid_bm[:, None], max_error_px)
+        invalid = ~frame.valid_bm[:, None]
+        err = err.masked_fill_(invalid, max_error_px) if not grad else err.masked_fill(
+            invalid, max_error_px)
     return err
 
 
@@ -206,6 +245,13 @@ def soft_inlier_score(errors_bnm: Tensor, config: EstimatorConfig) -> Tensor:
     if torch.is_grad_enabled() and errors_bnm.requires_grad:
         return torch.sigmoid(beta * (config.inlier_threshold_px - errors_bnm)).sum(dim=-1)
     logits = torch.mul(errors_bnm, -beta).add_(beta * config.inlier_threshold_px)
+    return logits.sigmoid_().sum(dim=-1)
+
+
+def _soft_inlier_score_(errors_bnm: Tensor, config: EstimatorConfig) -> Tensor:
+    """`soft_inlier_score` that overwrites `errors_bnm` (inference scratch buffers)."""
+    beta = config.soft_inlier_beta
+    logits = errors_bnm.mul_(-beta).add_(beta * config.inlier_threshold_px)
     return logits.sigmoid_().sum(dim=-1)
 
 
@@ -222,18 +268,20 @@ def _score(errors_bnm: Tensor, frame: _Frame, config: EstimatorConfig,
 
 
 def _score_pool(T_cw_bn44: Tensor, frame: _Frame, config: EstimatorConfig,
-                score_fn: ScoreFn | None) -> Tensor:
+                score_fn: ScoreFn | None, workspace: _Workspace | None = None) -> Tensor:
     """Scores (B, N) of all hypotheses: error maps + score function, in groups of images small
-    enough (about 4M errors) that the temporaries stay in reused memory (one huge (B, N, M)
-    block per op is slower per image than several small ones)."""
+    enough (about 4M errors) that one huge (B, N, M) block per op does not spill memory."""
     B, N = T_cw_bn44.shape[:2]
     group = max(1, _ERRORS_PER_GROUP // (N * frame.points_bm3.shape[1]))
     parts = []
     for start in range(0, B, group):  # groups of images bounded by memory, usually one
         sub = frame.images(start, start + group) if group < B else frame
         errors = reprojection_error_maps(T_cw_bn44[start:start + group], sub,
-                                         config.max_reprojection_error_px)
-        parts.append(_score(errors, sub, config, score_fn))
+                                         config.max_reprojection_error_px, workspace)
+        if score_fn is None and workspace is not None and not errors.requires_grad:
+            parts.append(_soft_inlier_score_(errors, config))
+        else:
+            parts.append(_score(errors, sub, config, score_fn))
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
@@ -377,6 +425,13 @@ class DsacEstimator:
         if device == 'auto':
             device = 'cuda' if torch.cuda.is_available() else 'cpu'
         self.device = torch.device(device) if device is not None else None
+        self._local = threading.local()  # per-thread scratch buffers (_Workspace)
+
+    def _workspace(self) -> _Workspace:
+        workspace = getattr(self._local, 'workspace', None)
+        if workspace is None:
+            workspace = self._local.workspace = _Workspace()
+        return workspace
 
     @torch.no_grad()
     def estimate(self, scene_coords_b3hw: Tensor, K_b33: Tensor, stride: int = 8,
@@ -413,7 +468,7 @@ class DsacEstimator:
         ar = torch.arange(B, device=device)
 
         T_bn44, ok_bn = _generate_hypotheses(frame, config, generator)
-        scores = _score_pool(T_bn44, frame, config, self.score_fn)
+        scores = _score_pool(T_bn44, frame, config, self.score_fn, self._workspace())
         logits = _selection_logits(scores, ok_bn, config)
         probs = torch.softmax(logits, dim=1)
         has_hyp_b = ok_bn.any(dim=1)

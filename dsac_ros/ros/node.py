@@ -75,7 +75,7 @@ from dsac_ros.ros.tf_broadcaster import TransformBroadcaster
 
 NODE_NAME = 'relocalize_node'
 DIAGNOSTIC_NAME = 'dsac_ros: relocalization'
-_ESTIMATOR_PARAMS = ('num_hypotheses', 'inlier_threshold_px', 'refinement_steps')
+_ESTIMATOR_PARAMS = ('num_hypotheses', 'inlier_threshold_px', 'refinement_steps', 'min_inliers')
 _WARN_PERIOD_S = 5.0
 
 
@@ -183,7 +183,8 @@ class RelocalizeNode(Node):
     def _setup(self, relocalizer) -> None:
         self.settings = declare_parameters(self)
         s = self.settings
-        self._relocalizer = relocalizer or load_relocalizer(s, self.get_logger())
+        self._relocalizer = (relocalizer if relocalizer is not None
+                             else load_relocalizer(s, self.get_logger()))
         self._pipeline = FramePipeline(self._relocalizer)
         self._slot: LatestSlot[ReceivedFrame] = LatestSlot()
         self._stats = _Stats()
