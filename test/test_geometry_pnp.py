@@ -186,6 +186,78 @@ def test_solve_p4p_never_returns_points_behind_the_camera():
     assert valid_outlier.float().mean() < 0.2
 
 
+def test_solve_p4p_untaped_and_taped_paths_agree_and_sets_do_not_mix():
+    """Without gradients the solver skips the tape (inference mode, no input sanitising before
+    the closed form); results must match the taped path bit for bit on good sets, bad sets in
+    the batch must not disturb good ones, and outputs must be ordinary tensors."""
+    rng = np.random.default_rng(16)
+    T_gt, X, pix, _ = _batch(rng, 12, 4, K_NONSQUARE, noise_px=0.3)
+    X, pix = X.clone(), pix.clone()
+    X[1, 2] = float('nan')
+    pix[4, 3, 1] = float('inf')
+    X[7, 2] = X[7, 0] + 0.5 * (X[7, 1] - X[7, 0])  # collinear
+    K = torch.from_numpy(K_NONSQUARE)
+    good = [i for i in range(12) if i not in (1, 4, 7)]
+    for steps in (0, 2):
+        T_plain, v_plain = solve_p4p(X, pix, K, gauss_newton_steps=steps, max_error_px=50.0)
+        T_tape, v_tape = solve_p4p(X.clone().requires_grad_(), pix, K, gauss_newton_steps=steps,
+                                   max_error_px=50.0)
+        T_good, v_good = solve_p4p(X[good], pix[good], K, gauss_newton_steps=steps,
+                                   max_error_px=50.0)
+        assert v_plain.tolist() == v_tape.tolist()
+        assert not v_plain[[1, 4, 7]].any() and v_good.all() and v_plain[good].all()
+        torch.testing.assert_close(T_tape.detach(), T_plain, rtol=0, atol=1e-12)
+        torch.testing.assert_close(T_plain[good], T_good, rtol=0, atol=1e-12)
+        assert torch.isfinite(T_plain).all()
+    assert not T_plain.is_inference() and not v_plain.is_inference()
+    # The untaped result can take part in a later graph (e.g. a score network on its errors).
+    Xg = X[good].clone().requires_grad_()
+    (transform_points(T_plain[good], Xg) ** 2).sum().backward()
+    assert torch.isfinite(Xg.grad).all()
+
+
+def test_solve_p4p_first_call_in_inference_mode_does_not_break_gradients():
+    from dsac_ros.geometry import pnp
+
+    rng = np.random.default_rng(17)
+    _, X, pix, _ = _batch(rng, 3, 4, K_SQUARE, noise_px=0.5)
+    K = torch.from_numpy(K_SQUARE)
+    pnp._consts.cache_clear()  # cached constants get built inside inference mode below
+    with torch.inference_mode():
+        T_inf, _ = solve_p4p(X, pix, K)
+    Xg = X.clone().requires_grad_()
+    T, valid = solve_p4p(Xg, pix, K)
+    assert valid.all()
+    T.sum().backward()
+    assert torch.isfinite(Xg.grad).all() and Xg.grad.abs().max() > 0
+    torch.testing.assert_close(T.detach(), T_inf, rtol=0, atol=1e-12)
+
+
+def test_solve_p4p_many_sets_agree_with_opencv_p3p():
+    """Noise-free random sets (float32 input, as the estimator passes them): every set valid
+    and equal to OpenCV's P3P (first three points + the fourth to disambiguate)."""
+    rng = np.random.default_rng(18)
+    T_gt, X, pix, scenes = _batch(rng, 200, 4, K_SQUARE)
+    T, valid = solve_p4p(X.float(), pix.float(), torch.from_numpy(K_SQUARE).float(),
+                         gauss_newton_steps=0)
+    assert valid.all()
+    deg, m = pose_errors(T.double(), T_gt)
+    assert deg.max() < 0.05 and m.max() < 1e-3, (deg.max(), m.max())
+    for (_, _, Xw, p), T_i in zip(scenes[::10], T[::10]):
+        ok, rvec, tvec = cv2.solvePnP(Xw, p, K_SQUARE, None, flags=cv2.SOLVEPNP_P3P)
+        assert ok
+        deg, m = pose_errors(T_i.double(), _T_from_cv(rvec, tvec))
+        assert deg < 0.05 and m < 1e-3
+
+
+def test_solve_p4p_empty_batch():
+    K = torch.from_numpy(K_SQUARE)
+    X, pix = torch.zeros(2, 0, 4, 3, dtype=F64), torch.zeros(2, 0, 4, 2, dtype=F64)
+    for steps in (0, 1):
+        T, valid = solve_p4p(X, pix, K, gauss_newton_steps=steps, max_error_px=5.0)
+        assert T.shape == (2, 0, 4, 4) and valid.shape == (2, 0) and T.dtype == F64
+
+
 def test_solve_p4p_shape_errors():
     K = torch.from_numpy(K_SQUARE)
     with pytest.raises(ValueError, match='points_world_b43'):

@@ -5,8 +5,8 @@ pixels (u, v) with the centre of the top-left pixel at (0, 0), intrinsics K (...
 
 Everything is pure torch, batched (no Python loop over sets), differentiable by autograd, and
 keeps NaN/inf out of outputs and gradients: degenerate sets are swapped for a fixed, well-posed
-dummy problem before any arithmetic, divisions use guarded denominators, and invalid results are
-replaced by the identity with ``valid = False``.
+dummy problem before any taped arithmetic, divisions use guarded denominators, and invalid
+results are replaced by the identity with ``valid = False``.
 
 Twist convention for refinement and :func:`pnp_information`: a pose is updated by a LEFT
 perturbation ``T_cw <- se3_exp(xi) @ T_cw`` with ``xi = [rho (m), phi (rad)]`` expressed in the
@@ -15,69 +15,31 @@ CAMERA frame (rho moves the camera-frame points, phi rotates them about the came
 
 from __future__ import annotations
 
+import functools
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from dsac_ros.geometry.camera import check_intrinsics, normalize_pixels
-from dsac_ros.geometry.transforms import make_se3, se3_exp
+from dsac_ros.geometry.camera import check_intrinsics
+from dsac_ros.geometry.transforms import se3_exp
 
 __all__ = ['pnp_information', 'refine_pnp', 'solve_p4p']
 
 # Points closer to the camera plane than this (metres) are ignored by refinement.
 MIN_DEPTH_M = 1e-3
+# P3P candidates get this many untaped Newton steps on the distance equations; afterwards a
+# candidate whose largest residual (distances normalised to mean 1) exceeds the tolerance is
+# no solution (a complex pair seen as real, or a lost root).
+_P3P_NEWTON_STEPS = 2
+_P3P_RESIDUAL_TOL = 10 * math.sqrt(float(torch.finfo(torch.float64).eps))
+# Largest |R^T R - I| entry of a P3P pose still accepted as a rotation.
+_MAX_ROTATION_ERROR = 1e-6
 
 
 # ----------------------------------------------------------------------------------------------
-# small batched helpers
-
-
-def _cross(a: Tensor, b: Tensor) -> Tensor:
-    a0, a1, a2 = a.unbind(-1)
-    b0, b1, b2 = b.unbind(-1)
-    return torch.stack([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0], -1)
-
-
-def _dot(a: Tensor, b: Tensor) -> Tensor:
-    return (a * b).sum(-1)
-
-
-def _safe_div(num: Tensor, den: Tensor, eps: float) -> Tensor:
-    den = torch.where(den.abs() < eps, torch.where(den < 0, -eps, eps).to(den.dtype), den)
-    return num / den
-
-
-def _normalize(v: Tensor, eps: float = 1e-30) -> Tensor:
-    n_sq = _dot(v, v)[..., None]
-    return v / torch.sqrt(torch.clamp(n_sq, min=eps))
-
-
-def _det3(M: Tensor) -> Tensor:
-    return _dot(M[..., 0, :], _cross(M[..., 1, :], M[..., 2, :]))
-
-
-def _adj3(M: Tensor) -> Tensor:
-    """Adjugate (transposed cofactor matrix) of (..., 3, 3)."""
-    r0, r1, r2 = M[..., 0, :], M[..., 1, :], M[..., 2, :]
-    # Columns of adj(M) are the cross products of rows.
-    return torch.stack([_cross(r1, r2), _cross(r2, r0), _cross(r0, r1)], -1)
-
-
-def _minors3(M: Tensor) -> Tensor:
-    """Sum of the principal 2x2 minors of symmetric (..., 3, 3) (= s1 s2 if rank 2)."""
-    m00, m11, m22 = M[..., 0, 0], M[..., 1, 1], M[..., 2, 2]
-    return (m00 * m11 - M[..., 0, 1] ** 2 + m00 * m22 - M[..., 0, 2] ** 2 + m11 * m22
-            - M[..., 1, 2] ** 2)
-
-
-def _largest_cross_null(M: Tensor) -> Tensor:
-    """Unit null vector (..., 3) of a rank-2 (..., 3, 3) matrix: best of its row crosses."""
-    c = torch.stack([_cross(M[..., 1, :], M[..., 2, :]), _cross(M[..., 2, :], M[..., 0, :]),
-                     _cross(M[..., 0, :], M[..., 1, :])], -2)
-    k = _dot(c, c).argmax(-1)
-    best = torch.gather(c, -2, k[..., None, None].expand(k.shape + (1, 3))).squeeze(-2)
-    return _normalize(best)
+# small helpers
 
 
 def _eps(dtype: torch.dtype) -> float:
@@ -92,178 +54,6 @@ def _check_tail(x: Tensor, tail: tuple[int, ...], name: str) -> None:
         raise ValueError(f'{name} must have shape (..., {shape}), got {tuple(x.shape)}')
     if not x.is_floating_point():
         raise ValueError(f'{name} must be a floating tensor, got {x.dtype}')
-
-
-# ----------------------------------------------------------------------------------------------
-# cubic root (closed form without grad, Newton polish with grad = implicit-function gradient)
-
-
-@torch.no_grad()
-def _cubic_real_roots(c3: Tensor, c2: Tensor, c1: Tensor, c0: Tensor) -> Tensor:
-    """Real roots (..., 3) of c3 x^3 + c2 x^2 + c1 x + c0 (c3 != 0); where only one root is
-    real it is repeated three times."""
-    a, b, c = c2 / c3, c1 / c3, c0 / c3
-    p = b - a * a / 3
-    q = 2 * a ** 3 / 27 - a * b / 3 + c
-    disc = (q / 2) ** 2 + (p / 3) ** 3
-    # One real root (Cardano, cancellation-free form).
-    sq = torch.sqrt(torch.clamp(disc, min=0))
-    w = -q / 2 - torch.where(q >= 0, sq, -sq)
-    u = torch.sign(w) * w.abs() ** (1 / 3)
-    u_safe = torch.where(u.abs() < 1e-300, torch.ones_like(u), u)
-    t_one = torch.where(u.abs() < 1e-300, torch.zeros_like(u), u - p / (3 * u_safe))
-    # Three real roots (trigonometric form).
-    p_neg = torch.clamp(-p, min=1e-300)
-    r = 2 * torch.sqrt(p_neg / 3)
-    cos_arg = torch.clamp((3 * q / (2 * -p_neg)) * torch.sqrt(3 / p_neg), -1.0, 1.0)
-    phi = torch.acos(cos_arg) / 3
-    k = torch.arange(3, dtype=c3.dtype, device=c3.device)
-    t_three = r[..., None] * torch.cos(phi[..., None] - 2 * math.pi * k / 3)
-    roots = torch.where((disc > 0)[..., None], t_one[..., None].expand_as(t_three), t_three)
-    return roots - a[..., None] / 3
-
-
-def _newton_cubic(x: Tensor, c3: Tensor, c2: Tensor, c1: Tensor, c0: Tensor,
-                  steps: int) -> Tensor:
-    eps = _eps(x.dtype)
-    for _ in range(steps):
-        f = ((c3 * x + c2) * x + c1) * x + c0
-        df = (3 * c3 * x + 2 * c2) * x + c1
-        x = x - _safe_div(f, df, eps)
-    return x
-
-
-# ----------------------------------------------------------------------------------------------
-# P3P (Lambda Twist style: degenerate conic of the pencil -> two planes -> four candidates)
-
-
-def _p3p_candidates(y: Tensor, X: Tensor) -> tuple[Tensor, Tensor]:
-    """Depths of the 3 points for up to 4 solutions.
-
-    y: (B, 3, 3) unit bearing vectors, X: (B, 3, 3) world points (rows are points).
-    Returns lambdas (B, 4, 3) in world units and valid (B, 4).
-    """
-    dtype = y.dtype
-    eps = _eps(dtype)
-    d12, d13, d23 = X[:, 0] - X[:, 1], X[:, 0] - X[:, 2], X[:, 1] - X[:, 2]
-    a12, a13, a23 = _dot(d12, d12), _dot(d13, d13), _dot(d23, d23)
-    scale_sq = (a12 + a13 + a23) / 3  # > 0: degenerate sets were replaced by the caller
-    a12, a13, a23 = a12 / scale_sq, a13 / scale_sq, a23 / scale_sq
-    c12, c13, c23 = _dot(y[:, 0], y[:, 1]), _dot(y[:, 0], y[:, 2]), _dot(y[:, 1], y[:, 2])
-    zero, one = torch.zeros_like(a12), torch.ones_like(a12)
-
-    def sym(m00, m01, m02, m11, m12, m22):
-        return torch.stack([m00, m01, m02, m01, m11, m12, m02, m12, m22], -1).reshape(-1, 3, 3)
-
-    # lambda^T M_ij lambda = a_ij, i.e. |l_i y_i - l_j y_j|^2 = |X_i - X_j|^2.
-    M12 = sym(one, -c12, zero, one, zero, zero)
-    M13 = sym(one, zero, -c13, zero, zero, one)
-    M23 = sym(zero, zero, zero, one, -c23, one)
-    D1 = M12 * a23[:, None, None] - M23 * a12[:, None, None]
-    D2 = M13 * a23[:, None, None] - M23 * a13[:, None, None]
-    # det(D1 + g D2) = c3 g^3 + c2 g^2 + c1 g + c0; solve in g or 1/g, whichever leads.
-    det1, det2 = _det3(D1), _det3(D2)
-    flip = det1.abs() > det2.abs()
-    A = torch.where(flip[:, None, None], D2, D1)
-    Bm = torch.where(flip[:, None, None], D1, D2)
-    k3 = torch.where(flip, det1, det2)
-    k0 = torch.where(flip, det2, det1)
-    k1 = (_adj3(A) * Bm.transpose(-1, -2)).sum((-2, -1))
-    k2 = (_adj3(Bm) * A.transpose(-1, -2)).sum((-2, -1))
-    lead_ok = k3 != 0
-    k3s = torch.where(lead_ok, k3, torch.ones_like(k3))
-    with torch.no_grad():
-        # Of several real roots take the one whose degenerate conic splits into the most
-        # clearly separated pair of planes (most negative normalised principal minors).
-        g3 = _cubic_real_roots(k3s, k2, k1, k0)
-        g3 = _newton_cubic(g3, k3s[:, None], k2[:, None], k1[:, None], k0[:, None], steps=2)
-        D3 = A[:, None] + g3[..., None, None] * Bm[:, None]
-        g = torch.gather(g3, 1, (_minors3(D3) / torch.clamp(
-            (D3 * D3).sum((-2, -1)) ** 2, min=1e-300)).argmin(1, keepdim=True)).squeeze(1)
-    g = _newton_cubic(g, k3s, k2, k1, k0, steps=2)
-    D0 = A + g[:, None, None] * Bm
-    D0 = D0 / torch.sqrt(torch.clamp((D0 * D0).sum((-2, -1)), min=1e-300))[:, None, None]
-
-    # D0 has rank 2; indefinite (sigma1 sigma2 < 0) iff its zero set is two real planes.
-    tr = D0[:, 0, 0] + D0[:, 1, 1] + D0[:, 2, 2]
-    minors = _minors3(D0)
-    indefinite = minors < -1e2 * eps
-    root = torch.sqrt(torch.clamp(tr * tr - 4 * minors, min=0))
-    sig1 = 0.5 * (tr + torch.where(tr >= 0, root, -root))  # largest magnitude
-    sig1 = torch.where(sig1.abs() < 1e-30, torch.ones_like(sig1), sig1)
-    sig2 = minors / sig1
-    eye = torch.eye(3, dtype=dtype, device=y.device)
-    shifts = torch.stack([sig1, sig2, torch.zeros_like(sig1)], 1)[..., None, None] * eye
-    e1, e2, p = _largest_cross_null(D0[:, None] - shifts).unbind(1)  # eigenvectors, null vector
-    s1 = torch.sqrt(sig1.abs())[:, None]
-    s2 = torch.sqrt(sig2.abs())[:, None]
-    # Both planes contain the null direction p; the second axis spans the rest of each plane.
-    normals = torch.stack([s1 * e1 + s2 * e2, s1 * e1 - s2 * e2], 1)  # (B, 2, 3)
-    p2 = p[:, None, :].expand_as(normals)
-    v = _normalize(_cross(normals, p2))
-
-    # On each plane: intersect with the conic D1 (or D2: they agree up to -g there).
-    Q = torch.where((g.abs() > 1)[:, None, None], A, Bm)[:, None]
-    Qp = (Q @ p2[..., None]).squeeze(-1)
-    Qv = (Q @ v[..., None]).squeeze(-1)
-    qa, qb, qc = _dot(p2, Qp), _dot(p2, Qv), _dot(v, Qv)
-    dq = qb * qb - qa * qc
-    # Clearly complex pairs are dropped here; near-tangent ones are judged by the residual below.
-    dq_ok = dq > -1e-2 * (qb * qb + (qa * qc).abs())
-    sq = torch.sqrt(torch.clamp(dq, min=0))
-    qq = -(qb + torch.where(qb >= 0, sq, -sq))
-    # Two directions (alpha, beta) of each plane: (qq, qa) and (qc, qq).
-    alpha = torch.stack([qq, qc], -1)  # (B, 2, 2)
-    beta = torch.stack([qa, qq], -1)
-    lam = alpha[..., None] * p2[:, :, None, :] + beta[..., None] * v[:, :, None, :]
-    lam = lam.reshape(-1, 4, 3)
-    # Scale from the sum of the three distance constraints (positive definite form).
-    Msum = (M12 + M13 + M23)[:, None]
-    quad = _dot(lam, (Msum @ lam[..., None]).squeeze(-1))
-    quad_ok = quad > 1e-12
-    k = torch.sqrt(torch.clamp((a12 + a13 + a23)[:, None], min=0)
-                   / torch.clamp(quad, min=1e-30))
-    lam = lam * k[..., None]
-    lam = torch.where(lam.sum(-1, keepdim=True) < 0, -lam, lam)
-
-    # Polish with Gauss-Newton on the three distance equations (gradients stay exact).
-    a_vec = torch.stack([a12, a13, a23], -1)[:, None]
-    for it in range(3):
-        l1, l2, l3 = lam.unbind(-1)
-        c12_, c13_, c23_ = c12[:, None], c13[:, None], c23[:, None]
-        res = torch.stack([l1 * l1 + l2 * l2 - 2 * c12_ * l1 * l2,
-                           l1 * l1 + l3 * l3 - 2 * c13_ * l1 * l3,
-                           l2 * l2 + l3 * l3 - 2 * c23_ * l2 * l3], -1) - a_vec
-        z = torch.zeros_like(l1)
-        J = torch.stack([
-            torch.stack([2 * l1 - 2 * c12_ * l2, 2 * l2 - 2 * c12_ * l1, z], -1),
-            torch.stack([2 * l1 - 2 * c13_ * l3, z, 2 * l3 - 2 * c13_ * l1], -1),
-            torch.stack([z, 2 * l2 - 2 * c23_ * l3, 2 * l3 - 2 * c23_ * l2], -1)], -2)
-        if it == 2:
-            break  # last pass only measures the residual
-        det = _det3(J)
-        step = (_adj3(J) @ res[..., None]).squeeze(-1)
-        lam = lam - _safe_div(step, det[..., None], 1e-12)
-    valid = (indefinite & lead_ok)[:, None] & dq_ok.repeat_interleave(2, -1) & quad_ok
-    # Distances are normalised to mean 1: a real solution satisfies all three equations.
-    valid = valid & (lam > 1e-6).all(-1) & (res.abs().amax(-1) < 10 * math.sqrt(eps))
-    return lam * torch.sqrt(scale_sq)[:, None, None], valid
-
-
-def _pose_from_depths(lam: Tensor, y: Tensor, X: Tensor) -> Tensor:
-    """Rigid T_cw (B, S, 4, 4) mapping X (B, 3, 3) onto lam_i y_i, lam (B, S, 3)."""
-    P = lam[..., None] * y[:, None]  # (B, S, 3, 3) camera points
-    Xs = X[:, None].expand_as(P)
-
-    def frame(Q):
-        e1 = _normalize(Q[..., 1, :] - Q[..., 0, :])
-        d = Q[..., 2, :] - Q[..., 0, :]
-        e2 = _normalize(d - _dot(d, e1)[..., None] * e1)
-        return torch.stack([e1, e2, _cross(e1, e2)], -1)
-
-    R = frame(P) @ frame(Xs).transpose(-1, -2)
-    t = P.mean(-2) - (R @ Xs.mean(-2)[..., None]).squeeze(-1)
-    return make_se3(R, t)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -441,13 +231,352 @@ def pnp_information(T_cw_b44: Tensor, points_world_bn3: Tensor, pixels_bn2: Tens
 
 # ----------------------------------------------------------------------------------------------
 # minimal solver
+#
+# The solver is overhead-bound on CPU (a few hundred sets; every op touches a few KB), so it is a
+# fixed, short sequence of batched ops in a batch-LAST layout: every per-set quantity is a
+# (..., B) tensor, small dims (points, coordinates, candidates) lead. Elementwise ops then run
+# one long contiguous inner loop even when they broadcast over the small dims, and reductions
+# over small dims are row adds (batch-first (B, 3) layouts are several times slower per op).
+# The closed form runs without autograd; the chosen candidate then takes one Newton step on
+# the three distance equations WITH autograd. At a root that step is (numerically) zero and its
+# derivative is the implicit-function gradient of the exact solution, so gradients are exact
+# without taping the closed form.
+
+# Pairs (i, j) of the three P3P distance equations |l_i y_i - l_j y_j|^2 = |X_i - X_j|^2.
+_PAIR_I = (0, 0, 1)
+_PAIR_J = (1, 2, 2)
+# Newton step on the distance equations: with u_k = dF_k/dl_i / 2 and w_k = dF_k/dl_j / 2
+# (rows 0-2 and 3-5 of the table (u, w, F), F in rows 6-8) the Jacobian is
+# 2 [[u0, w0, 0], [u1, 0, w1], [0, u2, w2]]. Rows of adj(J / 2) F and 2 det(J / 2) are sums of
+# three signed triple products of table rows (a, b, c, sign); the last term is padding.
+_ADJ_TERMS = (
+    (4, 2, 6, -1.0), (3, 5, 7, -1.0), (3, 4, 8, 1.0),
+    (1, 5, 6, -1.0), (0, 5, 7, 1.0), (0, 4, 8, -1.0),
+    (1, 2, 6, 1.0), (0, 2, 7, -1.0), (3, 1, 8, -1.0),
+    (0, 2, 4, -2.0), (3, 1, 5, -2.0), (0, 0, 0, 0.0))
 
 
-def _dummy_problem(dtype, device):
-    """A fixed, well-conditioned P4P problem (identity pose, K = I) swapped in for bad sets."""
+def _cross_index(pairs) -> tuple[list[int], list[int]]:
+    """Tables (P, Q) for _cross_rows: a x b for each (a, b) in pairs, a and b given as the row
+    indices (3,) of the two vectors; component j is a[j+1] b[j+2] - a[j+2] b[j+1]."""
+    p1, p2, q1, q2 = [], [], [], []
+    for a, b in pairs:
+        for j in range(3):
+            p1.append(a[(j + 1) % 3])
+            q1.append(b[(j + 2) % 3])
+            p2.append(a[(j + 2) % 3])
+            q2.append(b[(j + 1) % 3])
+    return p1 + p2, q1 + q2
+
+
+def _vec(k: int) -> tuple[int, int, int]:
+    """Row indices of the k-th 3-vector in a flat stack."""
+    return (3 * k, 3 * k + 1, 3 * k + 2)
+
+
+_CROSS_TABLES = {
+    # bearings y1..y4 then offsets X2-X1, X3-X1, X4-X1: y1 x y2, y3 x y1, y2 x y3, n
+    'geometry': _cross_index([(_vec(0), _vec(1)), (_vec(2), _vec(0)), (_vec(1), _vec(2)),
+                              (_vec(4), _vec(5))]),
+    # X2-X1, X3-X1, n: (X3-X1) x n, n x (X2-X1)
+    'inverse': _cross_index([(_vec(1), _vec(2)), (_vec(2), _vec(0))]),
+    # a flattened 3x3 matrix: row_{i+1} x row_{i+2} = row i of its cofactor matrix
+    'cofactor': _cross_index([(_vec(1), _vec(2)), (_vec(2), _vec(0)), (_vec(0), _vec(1))]),
+    # two plane normals then p: normal x p for each
+    'planes': _cross_index([(_vec(0), _vec(2)), (_vec(1), _vec(2))]),
+    # P2-P1, P3-P1: their cross product
+    'pose': _cross_index([(_vec(0), _vec(1))]),
+}
+
+
+class _Consts(NamedTuple):
+    pair_i: Tensor  # (3,) long
+    pair_j: Tensor
+    pair_ij: Tensor  # (6,) long: pair_i then pair_j
+    pair_ji: Tensor  # (6,) long: pair_j then pair_i
+    cross: dict[str, tuple[Tensor, Tensor]]  # index tables of _cross_rows, by use
+    adj_a: Tensor  # (12,) long
+    adj_b: Tensor
+    adj_c: Tensor
+    adj_sign: Tensor  # (12, 1) float64
+    thirds: Tensor  # (3, 1) float64, 2 pi k / 3
+    eye3: Tensor  # (3, 3, 1) float64 (batch-last)
+    eye4: Tensor  # (4, 4) float64
+    bottom: Tensor  # (1, 1, 4) float64, homogeneous row [0, 0, 0, 1]
+    X: Tensor  # (4, 3) float64 world points of the dummy problem
+    pix: Tensor  # (4, 2) its pixels (K = I, identity pose)
+    K: Tensor  # (3, 3) identity
+
+
+@functools.lru_cache(maxsize=8)
+def _consts(device: torch.device) -> _Consts:
+    with torch.inference_mode(False):  # normal tensors even if first called in inference mode
+        return _make_consts(device)
+
+
+def _make_consts(device: torch.device) -> _Consts:
+    f64 = torch.float64
+
+    def idx(v):
+        return torch.tensor(v, dtype=torch.long, device=device)
+
+    # A fixed, well-conditioned P4P problem (identity pose, K = I) swapped in for bad sets, so
+    # that no taped arithmetic (and no gradient) ever sees their values.
     X = torch.tensor([[0.0, 0.0, 4.0], [1.0, 0.0, 4.5], [0.0, 1.0, 5.0], [1.0, 1.0, 4.0]],
-                     dtype=dtype, device=device)
-    return X, X[:, :2] / X[:, 2:]
+                     dtype=f64, device=device)
+    eye3 = torch.eye(3, dtype=f64, device=device)
+    eye4 = torch.eye(4, dtype=f64, device=device)
+    return _Consts(
+        idx(_PAIR_I), idx(_PAIR_J), idx(_PAIR_I + _PAIR_J), idx(_PAIR_J + _PAIR_I),
+        {name: (idx(p), idx(q)) for name, (p, q) in _CROSS_TABLES.items()},
+        *(idx(col) for col in list(zip(*_ADJ_TERMS))[:3]),
+        torch.tensor([term[3] for term in _ADJ_TERMS], dtype=f64, device=device)[:, None],
+        (torch.arange(3, dtype=f64, device=device) * (2 * math.pi / 3))[:, None],
+        eye3[..., None], eye4, eye4[3:].reshape(1, 1, 4), X, X[:, :2] / X[:, 2:], eye3)
+
+
+def _cross_rows(x: Tensor, table: tuple[Tensor, Tensor], dim: int) -> Tensor:
+    """Cross products of 3-vectors stored as rows of x along dim (index tables from
+    _cross_index): two gathers, a product and a difference, for several crosses at once."""
+    P, Q = table
+    pq = x.index_select(dim, P) * x.index_select(dim, Q)
+    half = P.shape[0] // 2
+    return pq.narrow(dim, 0, half) - pq.narrow(dim, half, half)
+
+
+class _SetGeometry(NamedTuple):
+    """Per-set quantities of a P4P problem, float64, batch-last (B sets)."""
+
+    f4: Tensor  # (2, B) normalised image point (x/z, y/z) of correspondence 4
+    y: Tensor  # (4, 3, B) unit bearings (point, coordinate)
+    cos: Tensor  # (3, B) bearing cosines of the pairs 12, 13, 23
+    crosses: Tensor  # (3, 3, B) y1 x y2, y3 x y1, y2 x y3
+    a: Tensor  # (3, B) squared world distances of the pairs 12, 13, 23 (m^2)
+    d: Tensor  # (3, 3, B) world offsets X2 - X1, X3 - X1, X4 - X1
+    n: Tensor  # (3, B) (X2 - X1) x (X3 - X1)
+    nn: Tensor  # (B,) |n|^2
+    X1: Tensor  # (3, B) world point 1
+
+
+def _set_geometry(X: Tensor, pix: Tensor, K: Tensor, c: _Consts) -> _SetGeometry:
+    """X (B, 4, 3) world points, pix (B, 4, 2), K (B, 3, 3), all float64 (batch-first)."""
+    B = X.shape[0]
+    Xt = X.reshape(B, 12).t().contiguous().reshape(4, 3, B)
+    pt = pix.reshape(B, 8).t().contiguous().reshape(4, 2, B)
+    k = K.reshape(B, 9).t().contiguous()  # rows fx, s, cx, 0, fy, cy, 0, 0, 1
+    u, v = pt.unbind(1)  # (4, B)
+    yn = (v - k[5]) / k[4]
+    xn = (u - k[2] - k[1] * yn) / k[0]
+    r = torch.rsqrt(xn * xn + yn * yn + 1)
+    y = torch.stack([xn * r, yn * r, r], 1)  # (4, 3, B)
+    cos = (y.index_select(0, c.pair_i) * y.index_select(0, c.pair_j)).sum(1)
+    d = Xt[1:] - Xt[:1]
+    dd = torch.cat([d[:2], (d[1] - d[0])[None]])  # X2 - X1, X3 - X1, X3 - X2
+    crs = _cross_rows(torch.cat([y.reshape(12, B), d.reshape(9, B)]), c.cross['geometry'], 0)
+    crosses, n = crs[:9].reshape(3, 3, B), crs[9:]
+    return _SetGeometry(torch.stack([xn[3], yn[3]]), y, cos, crosses, (dd * dd).sum(1), d, n,
+                        (n * n).sum(0), Xt[0])
+
+
+def _admissible(X: Tensor, pix: Tensor, K: Tensor, geo: _SetGeometry) -> Tensor:
+    """(B,) bool: finite input, usable K, a proper world triangle (not collinear / repeated),
+    a 4th point away from the triangle's centroid, and P3P bearings not on one plane through the
+    centre. NaN compares False, so this is safe on any input."""
+    finite = torch.isfinite(X.sum((-2, -1)) + pix.sum((-2, -1)) + K.sum((-2, -1)))
+    span_sq = geo.a.sum(0) / 3  # mean squared distance of the triangle's points to its centroid
+    d4 = geo.d[2] - (geo.d[0] + geo.d[1]) / 3  # 4th point - centroid
+    bearing_det = (geo.y[0] * geo.crosses[2]).sum(0)
+    return (finite & (K[:, 0, 0] > 0) & (K[:, 1, 1] > 0) & (span_sq > 1e-12)
+            & (geo.nn > 1e-8 * span_sq * span_sq) & ((d4 * d4).sum(0) > 1e-10 * span_sq)
+            & (bearing_det.abs() > 1e-9))
+
+
+def _cubic_real_roots(coef: Tensor, c: _Consts) -> Tensor:
+    """Real roots (3, B) of x^3 + a x^2 + b x + e with coef = (a, b, e) (3, B); where only one
+    root is real it is repeated. Closed form (Cardano / trigonometric); the Newton steps on
+    the depths later absorb its rounding."""
+    a, b, e = coef.unbind(0)
+    a3 = a / 3
+    a3sq = a3 * a3
+    p3 = b / 3 - a3sq  # p / 3 of the depressed cubic t^3 + p t + q
+    hq = a3 * (a3sq - b / 2) + e / 2  # q / 2
+    disc = hq * hq + p3 * p3 * p3
+    # One real root, cancellation-free Cardano.
+    w = -hq - torch.copysign(torch.sqrt(torch.clamp(disc, min=0)), hq)
+    u = torch.copysign(w.abs() ** (1 / 3), w)
+    t_one = u - p3 / (u + (u == 0))  # u == 0 only for the triple root t = 0
+    # Three real roots (disc <= 0 implies p3 <= 0).
+    m = torch.clamp(-p3, min=1e-300)
+    sm = torch.sqrt(m)
+    phi = torch.acos(torch.clamp(-hq / (m * sm), -1.0, 1.0)) / 3
+    t_three = (2 * sm) * torch.cos(phi - c.thirds)
+    return torch.where(disc > 0, t_one, t_three) - a3
+
+
+def _p3p_closed_form(cos: Tensor, a_n: Tensor, c: _Consts) -> tuple[Tensor, Tensor]:
+    """Depths (4, 3, B) of points 1..3 for four candidate solutions and whether each is real
+    (4, B); the caller polishes them and checks the residuals. No autograd.
+
+    cos: (3, B) bearing cosines, a_n: (3, B) squared distances scaled to mean 1 (pairs 12, 13,
+    23); depths come in the same scale. Lambda Twist style: a degenerate member D0 of the pencil
+    of the two distance-difference conics (one root of its cubic) splits into two planes through
+    the origin; each plane cuts one conic in two rays; the distances fix the scale.
+    """
+    B = a_n.shape[-1]
+    nc = -cos
+    a12, a13, a23 = a_n.unbind(0)
+    n12, n13, n23 = nc.unbind(0)
+    zero = torch.zeros_like(a12)
+    # D1 = a23 M12 - a12 M23, D2 = a23 M13 - a13 M23 with l^T M_ij l = |l_i y_i - l_j y_j|^2:
+    # every solution l satisfies l^T D1 l = l^T D2 l = 0.
+    t1, t2 = a23 * n12, a23 * n13
+    t3, t4 = -a12 * n23, -a13 * n23
+    h1, h2 = a23 - a12, a23 - a13  # half traces of D1, D2
+    DD = torch.stack([a23, t1, zero, t1, h1, t3, zero, t3, -a12,
+                      a23, zero, t2, zero, -a13, t4, t2, t4, h2]).reshape(2, 3, 3, B)
+    tr_dd = torch.stack([h1 + h1, h2 + h2])
+    # det(D1 + g D2) = k3 g^3 + k2 g^2 + k1 g + k0: rows of the cofactor matrices are cross
+    # products of rows, k1 = <cof(D1), D2>, k2 = <cof(D2), D1>.
+    cof = _cross_rows(DD.reshape(2, 9, B), c.cross['cofactor'], 1).reshape(2, 3, 3, B)
+    dets = (DD[:, 0] * cof[:, 0]).sum(1)  # (det D1, det D2)
+    mixed = (cof * DD.flip(0)).sum((1, 2))  # (k1, k2)
+    coef = torch.stack([dets[1], mixed[1], mixed[0], dets[0]])  # k3, k2, k1, k0
+    # Solve in g or in 1/g (pencil D2 + h D1), whichever keeps the leading coefficient largest.
+    flip = dets[0].abs() > dets[1].abs()
+    coef = torch.where(flip, coef.flip(0), coef)
+    A, Bm = torch.where(flip, DD.flip(0), DD).unbind(0)
+    tr_a, tr_b = torch.where(flip, tr_dd.flip(0), tr_dd).unbind(0)
+    lead = coef[0]
+    lead_ok = lead != 0
+    g3 = _cubic_real_roots(coef[1:] / torch.where(lead_ok, lead, 1.0), c)  # (3, B)
+    # Of the real roots take the one whose (unit-norm) degenerate conic splits into the most
+    # clearly separated pair of planes: most negative sum of principal minors (tr^2 - 1) / 2.
+    D3 = A + g3[:, None, None] * Bm  # (3 roots, 3, 3, B)
+    fro = torch.clamp((D3 * D3).sum((1, 2)), min=1e-300)
+    tr3 = tr_a + g3 * tr_b
+    pick = (tr3 * tr3 / fro).min(0, keepdim=True)[1]  # (1, B); min(dim) beats argmin on CPU
+    g = torch.gather(g3, 0, pick)[0]
+    inv_norm = torch.rsqrt(torch.gather(fro, 0, pick))[0]
+    D0 = torch.gather(D3, 0, pick[:, None, None].expand(1, 3, 3, B))[0] * inv_norm
+    # Eigen-decomposition of the rank-2, unit-norm D0: eigenvalues sig1, sig2 (|sig1| >= |sig2|)
+    # from trace and minors, eigenvectors (and the null vector p) as the longest cross product
+    # of two rows of D0 - sig I.
+    tr = torch.gather(tr3, 0, pick)[0] * inv_norm
+    minors = (tr * tr - 1) / 2
+    indefinite = minors < -1e2 * _eps(torch.float64)  # two real planes
+    root = torch.sqrt(torch.clamp(tr * tr - 4 * minors, min=0))
+    sig1 = (tr + torch.copysign(root, tr)) / 2  # |sig1| >= 1/sqrt(2) as sig1^2 + sig2^2 = 1
+    sig = torch.stack([sig1, minors / sig1, zero])  # (3, B)
+    M = D0 - sig[:, None, None] * c.eye3  # (3 shifts, 3 rows, 3 cols, B)
+    crs = _cross_rows(M.reshape(3, 9, B), c.cross['cofactor'], 1).reshape(3, 3, 3, B)
+    crs_sq, best = (crs * crs).sum(2).max(1)  # (3, B): longest of the three row crosses
+    E = torch.gather(crs, 1, best[:, None, None].expand(3, 1, 3, B))[:, 0]
+    E = E * torch.rsqrt(torch.clamp(crs_sq, min=1e-300))[:, None]  # e1, e2, p: (3, 3, B)
+    # The planes sqrt|sig1| e1.l = +-sqrt|sig2| e2.l contain p; v spans the rest of each.
+    s0, s1 = (E[:2] * torch.sqrt(sig[:2].abs())[:, None]).unbind(0)
+    p = E[2]
+    v = _cross_rows(torch.cat([s0 + s1, s0 - s1, p]), c.cross['planes'], 0).reshape(2, 3, B)
+    # |v| = |plane normal| in [1, 2^(1/4)]
+    V = torch.cat([p[None], v])  # (3, 3, B): p, v (plane 1), v (plane 2)
+    # Intersect each plane with D1 (or D2: on the plane they agree up to -g); use the conic
+    # that does not dominate D0. G = V Q V^T gives the quadratic form on each plane.
+    Q = torch.where(g.abs() > 1, A, Bm)
+    QV = (Q * V[:, None]).sum(2)  # (3, 3, B): Q p, Q v1, Q v2
+    G = (V[:, None] * QV).sum(2)
+    qa, qb = G[0, 0], G[0, 1:]  # (B,), (2, B)
+    qc = torch.stack([G[1, 1], G[2, 2]])
+    # qa al^2 + 2 qb al be + qc be^2 = 0; clearly complex pairs are dropped here, near-tangent
+    # ones are judged by the residual after polishing.
+    qb2 = qb * qb
+    qaqc = qa * qc
+    dq = qb2 - qaqc
+    dq_ok = dq > -1e-2 * (qb2 + qaqc.abs())
+    qq = -(qb + torch.copysign(torch.sqrt(torch.clamp(dq, min=0)), qb))
+    # The two rays (al, be) of each plane: (qq, qa) and (qc, qq).
+    alpha = torch.stack([qq, qc], 1)  # (2 planes, 2 rays, B)
+    beta = torch.stack([qa.expand(2, B), qq], 1)
+    lam = (alpha[:, :, None] * p + beta[:, :, None] * v[:, None]).reshape(4, 3, B)
+    # Scale from the sum of the three distance equations (positive definite form).
+    li, lj = lam.index_select(1, c.pair_i), lam.index_select(1, c.pair_j)
+    dl = li - lj
+    quad = (dl * dl + (2 + 2 * nc) * (li * lj)).sum(1)  # (4, B)
+    # a_n sums to 3; the sign makes the depths positive.
+    lam = lam * (torch.sqrt(3 / torch.clamp(quad, min=1e-30)) * torch.sign(lam.sum(1)))[:, None]
+    plane_ok = (dq_ok & indefinite & lead_ok)[:, None].expand(2, 2, B).reshape(4, B)
+    valid = (quad > 1e-12) & plane_ok
+    return lam, valid
+
+
+def _distance_equations(lam: Tensor, cos2: Tensor, a_n: Tensor,
+                        c: _Consts) -> tuple[Tensor, Tensor, Tensor]:
+    """Residuals F (..., 3, B) of l_i^2 + l_j^2 - 2 cos_ij l_i l_j = a_ij (pairs 12, 13, 23)
+    for depths lam (..., 3, B); the half derivatives (u, w) = (dF/dl_i, dF/dl_j) / 2 stacked
+    (..., 6, B); the products l_i l_j (..., 3, B). cos2 = (cos, cos) (6, B), a_n (3, B)."""
+    lij = lam.index_select(-2, c.pair_ij)  # l_i then l_j: (..., 6, B)
+    lji = lam.index_select(-2, c.pair_ji)
+    uw = lij - cos2 * lji
+    F = (lij * uw).unflatten(-2, (2, 3)).sum(-3) - a_n
+    return F, uw, lij[..., :3, :] * lji[..., :3, :]
+
+
+def _newton_distances(lam: Tensor, cos2: Tensor, a_n: Tensor, c: _Consts) -> Tensor:
+    """One Newton step on the distance equations for depths lam (..., 3, B)."""
+    F, uw, _ = _distance_equations(lam, cos2, a_n, c)
+    # Adjugate times F and twice the determinant of the half Jacobian, as sums of signed triple
+    # products of the rows of (u, w, F).
+    t = torch.cat([uw, F], -2)
+    S = (t.index_select(-2, c.adj_a) * t.index_select(-2, c.adj_b)
+         * t.index_select(-2, c.adj_c) * c.adj_sign).unflatten(-2, (4, 3)).sum(-2)
+    det2 = S[..., 3:, :]
+    return lam - S[..., :3, :] / torch.copysign(torch.clamp(det2.abs(), min=1e-12), det2)
+
+
+def _world_inverse(geo: _SetGeometry, c: _Consts) -> Tensor:
+    """Rows (3, 3, B) of the inverse of the matrix with columns X2 - X1, X3 - X1, n:
+    (X3 - X1) x n, n x (X2 - X1), n, over |n|^2."""
+    x = torch.cat([geo.d[:2].reshape(6, -1), geo.n])
+    rows = _cross_rows(x, c.cross['inverse'], 0)
+    return torch.cat([rows, geo.n]).reshape(3, 3, -1) / geo.nn
+
+
+def _select_by_fourth_point(lam: Tensor, lilj: Tensor, cand_ok: Tensor, geo: _SetGeometry,
+                            X_inv: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
+    """Index (B,) of the candidate that best reprojects point 4 (in front of the camera) and
+    whether any candidate is usable (B,). lam (4, 3, B) in units of scale (B,) metres, lilj its
+    pairwise products l1 l2, l1 l3, l2 l3. No autograd."""
+    # With P_i = l_i y_i, the pose maps X2 - X1, X3 - X1, n onto P2 - P1, P3 - P1 and
+    # scale (P2 - P1) x (P3 - P1), so point 4 lands at their combination with weights
+    # w = X_inv (X4 - X1); the cross product is a combination of y_i x y_j with weights l_i l_j.
+    w0, w1, w2 = (X_inv * geo.d[2]).sum(1).unbind(0)
+    coef = torch.stack([1 - w0 - w1, w0, w1])
+    M = torch.cat([geo.y[:3] * coef[:, None], geo.crosses * (w2 * scale)])  # (6, 3, B)
+    X4 = (torch.cat([lam, lilj], 1)[:, :, None] * M).sum(1)  # (4, 3, B), units of lam
+    z4 = X4[:, 2]
+    usable = cand_ok & (z4 > 1e-6)
+    err = X4[:, :2] / torch.where(usable, z4, 1.0)[:, None] - geo.f4
+    err = torch.where(usable, (err * err).sum(1), math.inf)
+    best_err, best = err.min(0)
+    return best, best_err < math.inf
+
+
+def _pose_from_depths(lam: Tensor, geo: _SetGeometry, X_inv: Tensor,
+                      c: _Consts) -> tuple[Tensor, Tensor]:
+    """T_cw (B, 4, 4) mapping X1..X3 onto l_i y_i (depths lam (3, B) in metres), and the
+    largest entry of |R^T R - I| (B,) (no autograd).
+
+    R maps the world triangle frame (X2 - X1, X3 - X1, n) onto the camera one: a rotation when
+    the distance equations hold, up to their residual times the triangle's condition."""
+    P = lam[:, None] * geo.y[:3]  # (3, 3, B)
+    e = P[1:] - P[:1]
+    e = e.reshape(6, -1)
+    cols = torch.cat([e, _cross_rows(e, c.cross['pose'], 0)]).reshape(3, 3, -1)
+    R = (cols[:, :, None] * X_inv[:, None]).sum(0)  # (3, 3, B)
+    t = P[0] - (R * geo.X1).sum(1)
+    with torch.no_grad():
+        Rd = R.detach()
+        orth = ((Rd[:, :, None] * Rd[:, None]).sum(0) - c.eye3).abs().amax((0, 1))
+    top = torch.cat([R, t[:, None]], 1).permute(2, 0, 1)  # (B, 3, 4)
+    return torch.cat([top, c.bottom.expand(top.shape[0], 1, 4)], 1), orth
 
 
 def solve_p4p(points_world_b43: Tensor, pixels_b42: Tensor, K_b33: Tensor,
@@ -456,9 +585,10 @@ def solve_p4p(points_world_b43: Tensor, pixels_b42: Tensor, K_b33: Tensor,
     """Minimal pose solver from 4 2D-3D correspondences, batched over any leading dims.
 
     P3P on correspondences 0, 1, 2 (pencil of the two distance-difference conics, one real root
-    of its cubic, split into two planes -> up to 4 depth triplets, polished by 2 Newton steps);
-    correspondence 3 selects the candidate with the smallest reprojection error (it must lie in
-    front of the camera). Then ``gauss_newton_steps`` LM steps on all 4 points.
+    of its cubic, split into two planes -> up to 4 depth triplets, computed in float64 and
+    polished by Newton steps); correspondence 3 selects the candidate with the smallest
+    reprojection error (it must lie in front of the camera); one more Newton step on the
+    selected one carries the gradient. Then ``gauss_newton_steps`` LM steps on all 4 points.
 
     Args:
         points_world_b43: (..., 4, 3) scene coordinates (world frame, metres).
@@ -470,7 +600,7 @@ def solve_p4p(points_world_b43: Tensor, pixels_b42: Tensor, K_b33: Tensor,
             consistent with one pose (an outlier among them, or a mirrored configuration).
 
     Returns:
-        T_cw_b44: (..., 4, 4) world-to-camera pose; identity where invalid.
+        T_cw_b44: (..., 4, 4) world-to-camera pose (input dtype); identity where invalid.
         valid_b: (...) bool; False for non-finite input, repeated / collinear points, image
             points on one line, no real solution, the 4th point behind the camera, or (with
             ``max_error_px``) an inconsistent set.
@@ -483,70 +613,92 @@ def solve_p4p(points_world_b43: Tensor, pixels_b42: Tensor, K_b33: Tensor,
         raise ValueError(f'gauss_newton_steps must be >= 0, got {gauss_newton_steps}')
     batch = torch.broadcast_shapes(points_world_b43.shape[:-2], pixels_b42.shape[:-2],
                                    K_b33.shape[:-2])
+    if math.prod(batch) == 0:  # nothing to solve (LM cannot shape an empty batch)
+        dtype = torch.promote_types(torch.promote_types(points_world_b43.dtype,
+                                                        pixels_b42.dtype), K_b33.dtype)
+        device = points_world_b43.device
+        return (torch.zeros(batch + (4, 4), dtype=dtype, device=device),
+                torch.zeros(batch, dtype=torch.bool, device=device))
+    taped = torch.is_grad_enabled() and (points_world_b43.requires_grad
+                                         or pixels_b42.requires_grad or K_b33.requires_grad)
+    if taped:
+        return _solve_p4p(points_world_b43, pixels_b42, K_b33, gauss_newton_steps,
+                          max_error_px, True)
+    # Nothing to differentiate: inference mode trims the per-op overhead; the clones hand back
+    # ordinary tensors (inference tensors cannot be saved for a later backward).
+    with torch.inference_mode():
+        T, valid = _solve_p4p(points_world_b43, pixels_b42, K_b33, gauss_newton_steps,
+                              max_error_px, False)
+    return T.clone(), valid.clone()
+
+
+def _solve_p4p(points_world_b43: Tensor, pixels_b42: Tensor, K_b33: Tensor,
+               gauss_newton_steps: int, max_error_px: float | None,
+               taped: bool) -> tuple[Tensor, Tensor]:
+    """Body of :func:`solve_p4p` (validated input; taped: inputs need gradients)."""
+    batch = torch.broadcast_shapes(points_world_b43.shape[:-2], pixels_b42.shape[:-2],
+                                   K_b33.shape[:-2])
     dtype = torch.promote_types(torch.promote_types(points_world_b43.dtype, pixels_b42.dtype),
                                 K_b33.dtype)
-    device = points_world_b43.device
+    c = _consts(points_world_b43.device)
     # The closed form runs in float64: it is overhead-bound (float64 costs about the same) and
     # ill-conditioned sets lose too many digits in float32. LM then works in the input dtype.
     wd = torch.float64
     X = points_world_b43.to(wd).expand(batch + (4, 3)).reshape(-1, 4, 3)
     pix = pixels_b42.to(wd).expand(batch + (4, 2)).reshape(-1, 4, 2)
     K = K_b33.to(wd).expand(batch + (3, 3)).reshape(-1, 3, 3)
-    B = X.shape[0]
 
-    # 1. Validity of the raw input; bad sets get the dummy problem before any arithmetic.
-    finite = (torch.isfinite(X).all((-2, -1)) & torch.isfinite(pix).all((-2, -1))
-              & torch.isfinite(K).all((-2, -1)) & (K[:, 0, 0] > 0) & (K[:, 1, 1] > 0))
-    Xd, xnd = _dummy_problem(wd, device)
-    eye3 = torch.eye(3, dtype=wd, device=device)
-    X = torch.where(finite[:, None, None], X, Xd)
-    K = torch.where(finite[:, None, None], K, eye3)
-    pix = torch.where(finite[:, None, None], pix, xnd)
-    xn = normalize_pixels(pix, K)  # (B, 4, 2)
-    f = torch.cat([xn, torch.ones_like(xn[..., :1])], -1)
-    y = _normalize(f)
-    Xc = X[:, :3] - X[:, :3].mean(1, keepdim=True)
-    span_sq = (Xc * Xc).sum((-2, -1))
-    d12, d13 = X[:, 1] - X[:, 0], X[:, 2] - X[:, 0]
-    area_sq = _dot(_cross(d12, d13), _cross(d12, d13))
-    # Collinear / repeated world points: triangle area tiny against its size.
-    geom_ok = (span_sq > 1e-12) & (area_sq > 1e-8 * span_sq * span_sq)
-    d4 = X[:, 3] - X[:, :3].mean(1)
-    geom_ok = geom_ok & (_dot(d4, d4) > 1e-10 * span_sq)
-    # Bearings of the three P3P points must not lie on one plane through the centre.
-    bear_ok = _det3(y[:, :3]).abs() > 1e-9
-    ok = finite & geom_ok & bear_ok
-    X = torch.where(ok[:, None, None], X, Xd)
-    K = torch.where(ok[:, None, None], K, eye3)
-    xn = torch.where(ok[:, None, None], xn, xnd)
-    pix = torch.where(ok[:, None, None], pix, xnd)
-    y = torch.where(ok[:, None, None], y, _normalize(torch.cat(
-        [xnd, torch.ones_like(xnd[:, :1])], -1)))
+    # 1. Admissible sets; the others get the dummy problem before any taped arithmetic. Without
+    # a tape the untouched geometry is used: bad sets may carry NaN there, but every result of
+    # theirs is masked below and sets do not mix.
+    with torch.no_grad():
+        geo = _set_geometry(X, pix, K, c)
+        ok = _admissible(X, pix, K, geo)
+    if taped or gauss_newton_steps > 0 or max_error_px is not None:
+        X = torch.where(ok[:, None, None], X, c.X)
+        pix = torch.where(ok[:, None, None], pix, c.pix)
+        K = torch.where(ok[:, None, None], K, c.K)
+    if taped:
+        geo = _set_geometry(X, pix, K, c)
+    scale_sq = geo.a.mean(0)
+    a_n = geo.a / scale_sq
+    X_inv = _world_inverse(geo, c)
 
-    # 2. P3P candidates and selection by the 4th correspondence.
-    lam, cand_ok = _p3p_candidates(y[:, :3], X[:, :3])
-    T_c = _pose_from_depths(lam, y[:, :3], X[:, :3])  # (B, 4, 4, 4)
-    X4 = (T_c[..., :3, :3] @ X[:, None, 3, :, None]).squeeze(-1) + T_c[..., :3, 3]
-    z4 = X4[..., 2]
-    in_front = z4 > 1e-6 * torch.sqrt(span_sq)[:, None]
-    z4s = torch.where(in_front, z4, torch.ones_like(z4))
-    err4 = ((X4[..., :2] / z4s[..., None] - xn[:, None, 3]) ** 2).sum(-1)
-    usable = cand_ok & in_front & torch.isfinite(err4)
-    err4 = torch.where(usable, err4, torch.full_like(err4, 1e30))
-    best = err4.argmin(-1)
-    T = torch.gather(T_c, 1, best[:, None, None, None].expand(B, 1, 4, 4)).squeeze(1).to(dtype)
-    valid = ok & usable.any(-1)
-    eye4 = torch.eye(4, dtype=dtype, device=device)
+    # 2. P3P candidates, polished (no autograd); selection by the 4th correspondence.
+    # inference_mode trims per-op overhead further; its results are cloned before any taping.
+    with torch.inference_mode():
+        geo_d = _SetGeometry(*(g.detach() for g in geo)) if taped else geo
+        a_d = a_n.detach()
+        lam4, cand_ok = _p3p_closed_form(geo_d.cos, a_d, c)
+        cos2_d = torch.cat([geo_d.cos, geo_d.cos])
+        for _ in range(_P3P_NEWTON_STEPS):
+            lam4 = _newton_distances(lam4, cos2_d, a_d, c)
+        res, _, lilj = _distance_equations(lam4, cos2_d, a_d, c)
+        cand_ok = cand_ok & (lam4.amin(1) > 1e-6) & (res.abs().amax(1) < _P3P_RESIDUAL_TOL)
+        best, valid = _select_by_fourth_point(lam4, lilj, cand_ok, geo_d, X_inv.detach(),
+                                              torch.sqrt(scale_sq.detach()))
+        valid = valid & ok
+        B = valid.shape[0]
+        lam = torch.gather(lam4, 0, best[None, None].expand(1, 3, B))[0]
+        lam = torch.where(valid, lam, 1.0)
+    if taped:
+        lam, valid = lam.clone(), valid.clone()
+
+    # 3. Newton step with autograd (implicit gradient), pose, optional LM on all four points.
+    lam = _newton_distances(lam, torch.cat([geo.cos, geo.cos]), a_n, c) * torch.sqrt(scale_sq)
+    T, orth_err = _pose_from_depths(lam, geo, X_inv, c)
+    # Near-collinear world triangles amplify the depths' rounding into a non-rigid R.
+    valid = valid & (orth_err < _MAX_ROTATION_ERROR)
+    T = T.to(dtype)
+    eye4 = c.eye4.to(dtype)
     T = torch.where(valid[:, None, None], T, eye4)
-
-    # 3. Optional LM on all four correspondences.
     if gauss_newton_steps > 0:
         w = valid[:, None].to(dtype).expand(B, 4)
         T = _lm(T, X.to(dtype), pix.to(dtype), K.to(dtype), w, gauss_newton_steps, 1e-6)
-    valid = valid & torch.isfinite(T).all((-2, -1))
+        valid = valid & torch.isfinite(T.sum((-2, -1)))
     if max_error_px is not None:
         with torch.no_grad():
-            ones = torch.ones(B, 4, dtype=dtype, device=device)
+            ones = torch.ones(B, 4, dtype=dtype, device=T.device)
             res, w_eff, _ = _project_residuals(T, X.to(dtype), pix.to(dtype), K.to(dtype), ones,
                                                False)
             err = torch.where(w_eff > 0, res.norm(dim=1), torch.full_like(w_eff, math.inf))

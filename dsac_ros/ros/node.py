@@ -408,7 +408,6 @@ def main(args: list[str] | None = None) -> int:
         node = RelocalizeNode()
     except (ValueError, FileNotFoundError) as exc:
         rclpy.logging.get_logger(NODE_NAME).fatal(f'cannot start: {exc}')
-        print(f'{NODE_NAME}: cannot start: {exc}', file=sys.stderr, flush=True)
         rclpy.try_shutdown()
         return 2
     executor = SingleThreadedExecutor()
