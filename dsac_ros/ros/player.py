@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 import json
-import logging
 import os
 from pathlib import Path
 import sys
@@ -27,9 +26,8 @@ import rclpy
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
 
+from dsac_ros.data.seven_scenes import SceneDataset
 from dsac_ros.ros.messages import intrinsics_to_camera_info, ns_to_stamp, rgb_to_image_msg
-
-_LOG = logging.getLogger('dsac_ros.player')
 
 
 @dataclass(frozen=True)
@@ -81,22 +79,14 @@ class SequenceFrame:
 
 def load_frames(root: Path, split: str, resize: tuple[int, int] | None = None
                 ) -> list[SequenceFrame]:
-    """Frames of ``split`` under a 7-Scenes layout root, via dsac_ros.data.seven_scenes."""
-    try:
-        from dsac_ros.data.seven_scenes import SceneDataset
-    except ImportError:  # TODO(ros-edge): remove once dsac_ros.data.seven_scenes has landed
-        SceneDataset = None
-    frames: list[SequenceFrame] = []
-    if SceneDataset is not None:
-        dataset = SceneDataset(root, split=split)
-        for i in range(len(dataset)):
-            f = dataset[i]
-            frames.append(SequenceFrame(str(f.name), f.image_rgb, np.asarray(f.K, np.float64),
-                                        np.asarray(f.T_wc, np.float64)))
-    else:
-        frames = _load_frames_fallback(Path(root), split)
-    if not frames:
-        raise ValueError(f'no frames in split {split!r} of {root}')
+    """Frames of ``split`` under a 7-Scenes layout root (dsac_ros.data.seven_scenes), optionally
+    resized to (width, height) with K scaled to match."""
+    dataset = SceneDataset(root, split=split, load_depth=False)
+    frames = []
+    for i in range(len(dataset)):
+        f = dataset[i]
+        frames.append(SequenceFrame(str(f.name), f.image_rgb, np.asarray(f.K, np.float64),
+                                    np.asarray(f.T_wc, np.float64)))
     if resize is not None:
         frames = [_resized(f, resize) for f in frames]
     return frames
@@ -113,24 +103,6 @@ def _resized(frame: SequenceFrame, size: tuple[int, int]) -> SequenceFrame:
     K[0, 2] = (K[0, 2] + 0.5) * sx - 0.5
     K[1, 2] = (K[1, 2] + 0.5) * sy - 0.5
     return SequenceFrame(frame.name, image, K, frame.T_wc)
-
-
-def _load_frames_fallback(root: Path, split: str) -> list[SequenceFrame]:
-    # TODO(ros-edge): remove once dsac_ros.data.seven_scenes has landed.
-    split_file = root / ('TestSplit.txt' if split == 'test' else 'TrainSplit.txt')
-    names = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
-    seqs = [root / f'seq-{int(name.lower().replace("sequence", "")):02d}' for name in names]
-    intr = json.loads((root / 'intrinsics.json').read_text())['color']
-    K = np.array([[intr['fx'], 0.0, intr['cx']], [0.0, intr['fy'], intr['cy']], [0, 0, 1.0]])
-    frames = []
-    for seq in seqs:
-        for color in sorted(seq.glob('frame-*.color.png')):
-            stem = str(color)[:-len('.color.png')]
-            bgr = cv2.imread(str(color), cv2.IMREAD_COLOR)
-            frames.append(SequenceFrame(f'{seq.name}/{Path(stem).name}',
-                                        cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), K,
-                                        np.loadtxt(f'{stem}.pose.txt').reshape(4, 4)))
-    return frames
 
 
 def play(config: PlayerConfig) -> int:

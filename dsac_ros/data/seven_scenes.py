@@ -1,0 +1,225 @@
+"""Reader for scenes in the 7-Scenes layout, and ground-truth scene coordinates from depth.
+
+Layout of a scene root::
+
+    seq-01/frame-000000.color.png   8-bit colour
+    seq-01/frame-000000.depth.png   uint16 depth in millimetres (0 and 65535 are invalid)
+    seq-01/frame-000000.pose.txt    4x4 camera-to-world pose (T_wc), metres
+    TrainSplit.txt / TestSplit.txt  lines ``sequence1`` naming the folders ``seq-01`` ...
+    intrinsics.json                 optional (written by our synthetic scenes and bag
+                                    extraction): colour and depth intrinsics, see
+                                    :func:`load_intrinsics`
+
+Without ``intrinsics.json`` the documented 7-Scenes (Kinect v1) values apply: colour camera
+fx = fy = 525, cx = 320, cy = 240 at 640x480; depth camera fx = fy = 585 at 640x480. The two are
+different cameras and 7-Scenes depth is *not* registered to colour; like DSAC, we back-project
+depth with the depth camera's intrinsics and use the result as the target for the colour image's
+cells, an approximation of a few pixels that the papers accept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+import json
+from pathlib import Path
+import re
+
+import cv2
+import numpy as np
+
+SEVEN_SCENES_COLOR = {'fx': 525.0, 'fy': 525.0, 'cx': 320.0, 'cy': 240.0,
+                      'width': 640, 'height': 480}
+SEVEN_SCENES_DEPTH = {'fx': 585.0, 'fy': 585.0, 'cx': 320.0, 'cy': 240.0,
+                      'width': 640, 'height': 480}
+_INVALID_DEPTH_MM = (0, 65535)
+
+
+def _K(camera: dict) -> np.ndarray:
+    return np.array([[camera['fx'], 0.0, camera['cx']],
+                     [0.0, camera['fy'], camera['cy']],
+                     [0.0, 0.0, 1.0]], np.float64)
+
+
+@dataclass(frozen=True)
+class SceneIntrinsics:
+    """Colour and depth pinhole intrinsics (pixels) of a scene and their image sizes."""
+
+    K: np.ndarray
+    K_depth: np.ndarray
+    size: tuple[int, int]        # colour (width, height)
+    depth_size: tuple[int, int]  # depth (width, height)
+    depth_registered: bool
+
+
+def load_intrinsics(root: str | Path) -> SceneIntrinsics:
+    """Intrinsics from ``root/intrinsics.json`` or the 7-Scenes defaults.
+
+    ``intrinsics.json``: {"color": {fx, fy, cx, cy, width, height}, "depth": {...},
+    "depth_registered": bool}; "depth" defaults to "color".
+    """
+    path = Path(root) / 'intrinsics.json'
+    if not path.exists():
+        return SceneIntrinsics(_K(SEVEN_SCENES_COLOR), _K(SEVEN_SCENES_DEPTH), (640, 480),
+                               (640, 480), depth_registered=False)
+    try:
+        data = json.loads(path.read_text())
+        color = data['color']
+        depth = data.get('depth', color)
+        return SceneIntrinsics(
+            _K(color), _K(depth), (int(color['width']), int(color['height'])),
+            (int(depth['width']), int(depth['height'])),
+            depth_registered=bool(data.get('depth_registered', 'depth' not in data)))
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f'{path}: malformed intrinsics ({error!r})') from error
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One frame of a scene.
+
+    image_rgb: (H, W, 3) uint8 RGB.
+    depth_m: (H', W') float32 depth in metres, NaN where invalid; None without depth.
+    T_wc: (4, 4) float64 camera-to-world pose.
+    K: (3, 3) float64 colour intrinsics; K_depth: depth intrinsics (None without depth).
+    name: ``seq-01/frame-000000``.
+    """
+
+    image_rgb: np.ndarray
+    depth_m: np.ndarray | None
+    T_wc: np.ndarray
+    K: np.ndarray
+    K_depth: np.ndarray | None
+    name: str
+
+
+def read_split(root: str | Path, split: str) -> list[Path]:
+    """Sequence folders listed in ``TrainSplit.txt`` or ``TestSplit.txt`` (``sequence3`` ->
+    ``seq-03``), in file order."""
+    if split not in ('train', 'test'):
+        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+    root = Path(root)
+    path = root / ('TrainSplit.txt' if split == 'train' else 'TestSplit.txt')
+    if not path.is_file():
+        raise FileNotFoundError(f'{path} not found: is {root} a scene in the 7-Scenes layout?')
+    folders = []
+    for line_no, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        match = re.fullmatch(r'sequence(\d+)', line)
+        if match is None:
+            raise ValueError(f'{path}:{line_no}: expected "sequenceN", found {line!r}')
+        folder = root / f'seq-{int(match.group(1)):02d}'
+        if not folder.is_dir():
+            raise FileNotFoundError(f'{path}:{line_no} names {folder}, which does not exist')
+        folders.append(folder)
+    return folders
+
+
+def _read_pose(path: Path) -> np.ndarray:
+    try:
+        T_wc = np.loadtxt(path, dtype=np.float64)
+    except (OSError, ValueError) as error:
+        raise ValueError(f'{path}: unreadable pose ({error})') from error
+    if T_wc.shape != (4, 4) or not np.isfinite(T_wc).all():
+        raise ValueError(f'{path}: expected a finite 4x4 matrix, found shape {T_wc.shape}')
+    return T_wc
+
+
+def read_depth_m(path: Path) -> np.ndarray:
+    """uint16 millimetre depth PNG -> (H, W) float32 metres with NaN where invalid."""
+    depth_mm = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if depth_mm is None:
+        raise ValueError(f'{path}: unreadable depth image')
+    if depth_mm.dtype != np.uint16 or depth_mm.ndim != 2:
+        raise ValueError(f'{path}: depth must be single-channel uint16 millimetres, found '
+                         f'{depth_mm.dtype} with shape {depth_mm.shape}')
+    depth_m = depth_mm.astype(np.float32) / 1000.0
+    depth_m[np.isin(depth_mm, _INVALID_DEPTH_MM)] = np.nan
+    return depth_m
+
+
+class SceneDataset(Sequence):
+    """Frames of one split of a 7-Scenes-layout scene, read lazily and in sorted order."""
+
+    def __init__(self, root: str | Path, split: str = 'train', load_depth: bool = True) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f'scene folder {self.root} does not exist')
+        self.intrinsics = load_intrinsics(self.root)
+        self.load_depth = load_depth
+        self._stems: list[Path] = []
+        for folder in read_split(self.root, split):
+            stems = sorted(p.with_name(p.name[:-len('.color.png')])
+                           for p in folder.glob('frame-*.color.png'))
+            poses = sorted(folder.glob('frame-*.pose.txt'))
+            if len(stems) != len(poses):
+                raise ValueError(f'{folder}: {len(stems)} colour images but {len(poses)} poses')
+            self._stems.extend(stems)
+        if not self._stems:
+            raise ValueError(f'{self.root}: the {split} split has no frames')
+
+    def __len__(self) -> int:
+        return len(self._stems)
+
+    def __getitem__(self, index: int) -> Frame:  # type: ignore[override]
+        stem = self._stems[index]
+        bgr = cv2.imread(f'{stem}.color.png', cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise ValueError(f'{stem}.color.png: unreadable colour image')
+        width, height = self.intrinsics.size
+        if bgr.shape[:2] != (height, width):
+            # A scene without intrinsics.json holds images of another size: scale K to them.
+            sx, sy = bgr.shape[1] / width, bgr.shape[0] / height
+        else:
+            sx = sy = 1.0
+        K = self.intrinsics.K.copy()
+        K[0] *= sx
+        K[1] *= sy
+        depth_m, K_depth = None, None
+        depth_path = Path(f'{stem}.depth.png')
+        if self.load_depth and depth_path.exists():
+            depth_m = read_depth_m(depth_path)
+            dw, dh = self.intrinsics.depth_size
+            K_depth = self.intrinsics.K_depth.copy()
+            K_depth[0] *= depth_m.shape[1] / dw
+            K_depth[1] *= depth_m.shape[0] / dh
+        return Frame(image_rgb=cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), depth_m=depth_m,
+                     T_wc=_read_pose(Path(f'{stem}.pose.txt')), K=K, K_depth=K_depth,
+                     name=f'{stem.parent.name}/{stem.name}')
+
+
+def scene_coordinates_from_depth(depth_m: np.ndarray, K_depth: np.ndarray, T_wc: np.ndarray,
+                                 stride: int = 8) -> np.ndarray:
+    """Ground-truth scene coordinates at the cell centres of a stride-``stride`` map.
+
+    Cell (i, j) is the depth pixel (u, v) = (stride j + stride // 2, stride i + stride // 2)
+    (``dsac_ros.geometry.camera.cell_centers``) back-projected with ``K_depth`` and moved to
+    the world by ``T_wc``.
+
+    Args:
+        depth_m: (H, W) depth in metres, NaN or <= 0 where invalid.
+        K_depth: (3, 3) intrinsics of the depth image (pixels).
+        T_wc: (4, 4) camera-to-world pose.
+    Returns:
+        (3, H // stride, W // stride) float32 world coordinates (metres), NaN where invalid.
+    """
+    depth_m = np.asarray(depth_m)
+    if depth_m.ndim != 2:
+        raise ValueError(f'depth must be (H, W), found shape {depth_m.shape}')
+    h, w = depth_m.shape[0] // stride, depth_m.shape[1] // stride
+    u = stride * np.arange(w) + stride // 2
+    v = stride * np.arange(h) + stride // 2
+    d = depth_m[v[:, None], u[None, :]].astype(np.float64)
+    valid = np.isfinite(d) & (d > 0)
+    d = np.where(valid, d, np.nan)
+    x = (u[None, :] - K_depth[0, 2]) / K_depth[0, 0] * d
+    y = (v[:, None] - K_depth[1, 2]) / K_depth[1, 1] * d
+    camera = np.stack([x, y, d]).reshape(3, -1)
+    world = T_wc[:3, :3] @ camera + T_wc[:3, 3:4]
+    return world.reshape(3, h, w).astype(np.float32)
+
+
+__all__ = ['Frame', 'SceneDataset', 'SceneIntrinsics', 'load_intrinsics', 'read_depth_m',
+           'read_split', 'scene_coordinates_from_depth']
