@@ -9,7 +9,8 @@ per-frame accounting (milliseconds):
   transport  image stamp -> subscription callback (DDS, shared memory on loopback)
   queue      callback -> worker picks the frame up
   decode     Image -> RGB numpy (+ undistortion; none here)
-  network    scene-coordinate CNN (incl. resizing to the model's input size)
+  preprocess checks, resize to the model's input size, tensor upload
+  network    scene-coordinate CNN
   estimator  DSAC hypotheses, scoring, selection, refinement
   publish    building and publishing PoseStamped, PoseWithCovarianceStamped and /tf
   total      callback -> poses published (the node's latency_ms)
@@ -42,7 +43,8 @@ from dsac_ros.ros import messages
 from dsac_ros.ros.dds_env import loopback_dds_env
 from dsac_ros.ros.node import RelocalizeNode, default_model_path
 
-PARTS = ('transport', 'queue', 'decode', 'network', 'estimator', 'publish', 'total')
+PARTS = ('transport', 'queue', 'decode', 'preprocess', 'network', 'estimator', 'publish',
+         'total')
 
 
 @dataclass(frozen=True)
@@ -115,8 +117,7 @@ def run(config: BenchConfig, device: str, size: tuple[int, int]) -> dict[str, np
                 time.sleep(0.001)
             c = node.counters()
             if i >= config.warmup:
-                rows.append([c['transport_ms'], c['queue_ms'], c['decode_ms'], c['network_ms'],
-                             c['estimator_ms'], c['publish_ms'], c['latency_ms']])
+                rows.append([c[f'{part}_ms'] for part in PARTS[:-1]] + [c['latency_ms']])
         poses = node.counters()['poses_published']
     finally:
         executor.shutdown()

@@ -157,6 +157,19 @@ class RosClient:
         self.image_pub.publish(image)
         return stamp_ns
 
+    def handled(self) -> float:
+        """Frames the node has finished with (localized or rejected), per /diagnostics."""
+        d = self.last_diag()
+        return float(d.get('frames_processed', 0)) + float(d.get('frames_rejected', 0))
+
+    def publish_and_wait(self, image, info, timeout_s: float = 30.0) -> int:
+        """Publishes one frame and waits until the node has finished with it (so the next
+        frame cannot replace it, whatever the machine's load); returns its stamp."""
+        before = self.handled()
+        stamp = self.publish(image, info)
+        assert wait_for(lambda: self.handled() > before, timeout_s), self.last_diag()
+        return stamp
+
     def close(self) -> None:
         self.executor.shutdown()
         self.thread.join(5.0)
@@ -286,6 +299,7 @@ def test_max_rate_limits_processing_at_run_time(running_node, frames):
         time.sleep(0.6)
         processed = client.counter('frames_processed')
         dropped = client.counter('frames_dropped')
+        received = client.counter('frames_received')
         start = time.monotonic()
         for _ in range(20):  # 20 Hz for 1 s
             client.publish(image, info)
@@ -296,7 +310,8 @@ def test_max_rate_limits_processing_at_run_time(running_node, frames):
         done = client.counter('frames_processed') - processed
         # 2 Hz over ~1.6 s: at most 4 frames (+1 in flight); the rest replaced by newer ones.
         assert 1 <= done <= 2.0 * elapsed + 2, (done, elapsed)
-        assert client.counter('frames_dropped') - dropped >= 20 - done - 1
+        got = client.counter('frames_received') - received
+        assert got >= 10 and client.counter('frames_dropped') - dropped >= got - done - 1
     finally:
         set_rate(0.0)
 
@@ -318,17 +333,15 @@ def test_bad_messages_do_not_stop_the_node(running_node, frames):
                 data=np.full((height, width), np.nan, np.float32).tobytes())
     bad = [(yuv, good_info), (small, good_info), (empty, good_info), (nan, good_info)]
     for image, info in bad:
-        client.publish(image, info)
-        time.sleep(0.3)  # one at a time: the node keeps the newest frame only
-    assert wait_for(lambda: client.counter('frames_rejected') >= rejected_before + len(bad),
-                    10.0), client.last_diag()
+        client.publish_and_wait(image, info)  # one at a time: the node keeps the newest only
+    assert client.counter('frames_rejected') == rejected_before + len(bad), client.last_diag()
     assert node.returncode is None
     log = node.log()
     for needle in ('yuv422', 'camera_info is', 'empty', '32FC1'):
         assert needle in log, (needle, log[-2000:])
     # The node still localizes a good frame afterwards.
-    stamp = client.publish(good_image, good_info)
-    assert wait_for(lambda: client.counter('frames_processed') > processed_before, 20.0)
+    stamp = client.publish_and_wait(good_image, good_info)
+    assert client.counter('frames_processed') == processed_before + 1
     if HAS_REAL_MODEL:
         assert wait_for(lambda: any(messages.stamp_to_ns(p.header.stamp) == stamp
                                     for p in list(client.poses)), 20.0)
@@ -353,11 +366,11 @@ def test_compressed_input_without_camera_info(ros_env, model_path, frames, tmp_p
                                         [cv2.IMWRITE_JPEG_QUALITY, 95])
                 msg = CompressedImage(format='jpeg', data=jpeg.tobytes())
                 msg.header.frame_id = 'camera_optical'
+                before = client.handled()
                 messages.ns_to_stamp(time.time_ns(), msg.header.stamp)
                 jpeg_pub.publish(msg)
-                time.sleep(0.4)
-            assert wait_for(lambda: client.counter('frames_processed') >= 3, 20.0), \
-                client.last_diag()
+                assert wait_for(lambda b=before: client.handled() > b, 30.0), client.last_diag()
+            assert client.counter('frames_processed') == 3, client.last_diag()
             assert client.counter('frames_rejected') == 0
             if HAS_REAL_MODEL:
                 assert wait_for(lambda: len(client.poses) >= 2, 10.0)
@@ -430,10 +443,7 @@ def test_published_messages_carry_the_relocalizer_pose(ros_env, frames):
 @NEEDS_REAL_MODEL
 def test_pose_tf_and_covariance_agree(running_node, frames):
     node, client, _ = running_node
-    stamps = []
-    for frame in frames[:6]:
-        stamps.append(client.publish(*_good(frame)))
-        time.sleep(0.35)
+    stamps = [client.publish_and_wait(*_good(frame)) for frame in frames[:6]]
 
     def by_stamp(msgs, stamp_of):
         return {stamp_of(m): m for m in list(msgs)}
@@ -496,7 +506,9 @@ def test_player_node_recorder_pipeline(played):
     diag = recorded['diagnostics']
     received = int(diag['frames_received'])
     processed, dropped = int(diag['frames_processed']), int(diag['frames_dropped'])
-    assert received == SCENE_FRAMES, diag  # reliable input on loopback: nothing lost
+    # Reliable input on loopback; a frame can only be lost in the node's DDS history (keep last
+    # 5) when its executor stalls for 5 frames on a loaded machine.
+    assert SCENE_FRAMES - 2 <= received <= SCENE_FRAMES, diag
     # Every received frame was either processed or replaced by a newer one before processing.
     assert processed + dropped == received, diag
     assert processed > 0 and int(diag['frames_rejected']) == 0

@@ -1,1 +1,5 @@
+"""Data: 7-Scenes layout reader, synthetic scenes, bag extraction, image codec, augmentation.
 
+Submodules are imported on use (``from dsac_ros.data.bags import extract_bag``) so that
+importing one does not pull in the others' dependencies (rosbags, cv2).
+"""

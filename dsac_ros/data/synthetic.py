@@ -292,6 +292,26 @@ class SyntheticRoom:
                 return False
         return True
 
+    @staticmethod
+    def _block_rays(block: Block, T_cw: np.ndarray, K: np.ndarray, width: int, height: int
+                    ) -> np.ndarray | None:
+        """Flat indices of the pixels inside the image rectangle bounding the block's
+        projection (empty when it is out of view); None (all rays) when a corner lies behind
+        the camera, where the projection does not bound anything."""
+        signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)])
+        corners = np.array(block.center) + (signs * np.array(block.half_size)) @ block.R.T
+        cam = corners @ T_cw[:3, :3].T + T_cw[:3, 3]
+        if np.any(cam[:, 2] < 1e-3):
+            return None
+        pix = cam @ np.asarray(K, np.float64).T
+        uv = pix[:, :2] / pix[:, 2:3]
+        u0, v0 = np.maximum(np.floor(uv.min(axis=0)) - 1, 0).astype(int)
+        u1 = int(min(np.ceil(uv[:, 0].max()) + 1, width - 1))
+        v1 = int(min(np.ceil(uv[:, 1].max()) + 1, height - 1))
+        if u0 > u1 or v0 > v1:
+            return np.empty(0, np.int64)
+        return (np.arange(v0, v1 + 1)[:, None] * width + np.arange(u0, u1 + 1)).ravel()
+
     def render_frame(self, T_wc: np.ndarray, K: np.ndarray, width: int, height: int
                      ) -> tuple[np.ndarray, np.ndarray]:
         """Render one view.
@@ -316,29 +336,42 @@ class SyntheticRoom:
             axis = np.argmin(t_axes, axis=1)
             best_t = t_axes[np.arange(n), axis]
             # Inward-facing room faces: local index 2*axis + (1 if the + wall).
-            best_face = 2 * axis + (dirs[np.arange(n), axis] > 0)
+            best_face = 2 * axis + (dirs[np.arange(n), axis] > 0).astype(np.int64)
             best_owner = np.zeros(n, np.int64)
+            T_cw = np.linalg.inv(T_wc)
             for k, b in enumerate(self.blocks):
+                idx = self._block_rays(b, T_cw, K, width, height)
+                if idx is not None and idx.size == 0:
+                    continue
+                # Slab test per axis on 1-D columns, only over the rays whose pixels the box
+                # can cover; the face index is only worked out for the rays that hit.
                 Rb = b.R
                 o_l = Rb.T @ (origin - np.array(b.center))
-                d_l = dirs @ Rb  # rows: Rb^T d
-                inv_l = 1.0 / np.where(np.abs(d_l) < 1e-12, 1e-12, d_l)
-                hs = np.array(b.half_size)
-                t1 = (-hs - o_l) * inv_l
-                t2 = (hs - o_l) * inv_l
-                tmin = np.minimum(t1, t2)
-                tmax = np.maximum(t1, t2)
-                ax = np.argmax(tmin, axis=1)
-                t_near = tmin[np.arange(n), ax]
-                t_far = tmax.min(axis=1)
-                hit = (t_near <= t_far) & (t_near > 1e-6) & (t_near < best_t)
-                if not np.any(hit):
+                d_l = (dirs if idx is None else dirs[idx]) @ Rb  # rows: Rb^T d
+                sub_best = best_t if idx is None else best_t[idx]
+                m = d_l.shape[0]
+                t_near = np.full(m, -np.inf)
+                t_far = np.full(m, np.inf)
+                lows = []
+                for a in range(3):
+                    d_a = d_l[:, a]
+                    inv_a = 1.0 / np.where(np.abs(d_a) < 1e-12, 1e-12, d_a)
+                    t1 = (-b.half_size[a] - o_l[a]) * inv_a
+                    t2 = (b.half_size[a] - o_l[a]) * inv_a
+                    low = np.minimum(t1, t2)
+                    lows.append(low)
+                    np.maximum(t_near, low, out=t_near)
+                    np.minimum(t_far, np.maximum(t1, t2), out=t_far)
+                hit = np.flatnonzero((t_near <= t_far) & (t_near > 1e-6) & (t_near < sub_best))
+                if hit.size == 0:
                     continue
-                best_t = np.where(hit, t_near, best_t)
+                ax = np.argmax(np.stack([low[hit] for low in lows], axis=1), axis=1)
                 # Outward face: + side when the ray travels in -axis direction.
-                face = 2 * ax + (d_l[np.arange(n), ax] < 0)
-                best_face = np.where(hit, face, best_face)
-                best_owner = np.where(hit, k + 1, best_owner)
+                face = 2 * ax + (d_l[hit, ax] < 0)
+                rays = hit if idx is None else idx[hit]
+                best_t[rays] = t_near[hit]
+                best_face[rays] = face
+                best_owner[rays] = k + 1
         points = origin + dirs * best_t[:, None]
         gface = self._face_offset[best_owner] + best_face
         # Local coordinates per owner for texture lookup and the normal.

@@ -11,12 +11,14 @@ Layout (format version 1)::
      'K': (3, 3) float64 tensor, intrinsics of the training images (pixels),
      'image_size': [height, width] of the training images (pixels),
      'metadata': {str: str|int|float},
-     'training': None or {'stage': str, 'step': int, 'optimizers': {...}, 'rng': {...}, ...}}
+     'training': None or {'stage': str, 'step': int, 'optimizers': {...}, 'rng': {...}, ...},
+     'digest': SHA-256 hex of everything else (optional on read; verified when present)}
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -56,6 +58,34 @@ def _half_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}
 
 
+def _digest(obj: Any, h: Any = None) -> str:
+    """SHA-256 over a checkpoint payload (keys, scalars, tensor dtypes/shapes/bytes).
+
+    Zip entries in torch files carry no checksum that ``torch.load`` verifies, so bytes
+    corrupted inside a tensor would load silently; the digest catches that.
+    """
+    top = h is None
+    if top:
+        h = hashlib.sha256()
+    if isinstance(obj, Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f'T{t.dtype}{tuple(t.shape)}'.encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, dict):
+        h.update(f'D{len(obj)}'.encode())
+        for k in sorted(obj, key=repr):
+            h.update(repr(k).encode())
+            _digest(obj[k], h)
+    elif isinstance(obj, (list, tuple)):
+        h.update(f'L{len(obj)}'.encode())
+        for v in obj:
+            _digest(v, h)
+    else:
+        h.update(repr(obj).encode())
+    return h.hexdigest() if top else ''
+
+
 def checkpoint_dict(coord_net: SceneCoordinateNet, score_net: ScoreNet | None, K_33: Tensor,
                     image_size: tuple[int, int], metadata: dict[str, Any] | None = None,
                     training: dict[str, Any] | None = None,
@@ -72,7 +102,7 @@ def checkpoint_dict(coord_net: SceneCoordinateNet, score_net: ScoreNet | None, K
     coord_entry = net_entry(coord_net)
     # The scene mean is kept in float32 even in half files: it is metres of absolute position.
     coord_entry['state_dict']['scene_mean'] = coord_net.scene_mean.detach().cpu().float()
-    return {
+    payload = {
         'format': FORMAT_NAME,
         'format_version': FORMAT_VERSION,
         'coord_net': coord_entry,
@@ -83,6 +113,8 @@ def checkpoint_dict(coord_net: SceneCoordinateNet, score_net: ScoreNet | None, K
         'metadata': dict(metadata or {}),
         'training': training,
     }
+    payload['digest'] = _digest(payload)
+    return payload
 
 
 def save_checkpoint(path: str | os.PathLike, coord_net: SceneCoordinateNet,
@@ -143,6 +175,9 @@ def read_checkpoint_dict(path: str | os.PathLike) -> dict[str, Any]:
     for key in ('coord_net', 'K', 'image_size', 'scene_mean'):
         if key not in raw:
             raise CheckpointError(f'checkpoint {path} lacks the entry {key!r}')
+    stored = raw.pop('digest', None)
+    if stored is not None and stored != _digest(raw):
+        raise CheckpointError(f'checkpoint {path} is corrupted (content digest mismatch)')
     return raw
 
 

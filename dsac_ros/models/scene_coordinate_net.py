@@ -15,7 +15,7 @@ import enum
 from typing import Any
 
 import torch
-from torch import nn, Tensor
+from torch import Tensor, nn
 
 OUTPUT_STRIDE = 8
 

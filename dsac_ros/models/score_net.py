@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from torch import nn, Tensor
+from torch import Tensor, nn
 
 
 @dataclass(frozen=True)
@@ -26,11 +26,20 @@ class ScoreNetConfig:
     clamp_px: reprojection errors are clamped to [0, clamp_px] pixels and divided by it.
     inlier_threshold_px: threshold of the soft-inlier-fraction feature.
     width: channels of the first conv (doubled once).
+    output_scale: fixed factor on the linear layer's output. Score targets are
+        -beta * pose_loss (paper Sec. 4.1, beta = 10, pose loss in deg / cm), i.e. tens to
+        hundreds; the scale lets a small learning rate reach them. Old files without it load
+        with 1.0.
     """
 
     clamp_px: float = 50.0
     inlier_threshold_px: float = 10.0
     width: int = 16
+    output_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.clamp_px <= 0 or self.width < 1 or not self.output_scale > 0:
+            raise ValueError(f'bad ScoreNetConfig: {self}')
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -40,7 +49,8 @@ class ScoreNetConfig:
         try:
             return cls(clamp_px=float(d['clamp_px']),
                        inlier_threshold_px=float(d['inlier_threshold_px']),
-                       width=int(d['width']))
+                       width=int(d['width']),
+                       output_scale=float(d.get('output_scale', 1.0)))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f'bad ScoreNetConfig dict {d!r}: {exc}') from exc
 
@@ -73,7 +83,7 @@ class ScoreNet(nn.Module):
         inlier_fraction = soft_inliers.mean(dim=(1, 2, 3))
         pooled = self.features(e).mean(dim=(2, 3))
         x = torch.cat([pooled, inlier_fraction[:, None]], dim=1)
-        return self.linear(x).squeeze(1)
+        return self.linear(x).squeeze(1) * c.output_scale
 
     def score_fn(self, errors_bnhw: Tensor) -> Tensor:
         """ScoreFn wrapper for the estimator: (B, N, H, W) pixels -> (B, N) scores."""

@@ -25,6 +25,8 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
+from dsac_ros.data import image_codec
+
 # ---------------------------------------------------------------------------------------------
 # Time stamps
 
@@ -47,24 +49,20 @@ def ns_to_stamp(ns: int, stamp) -> None:
 def image_msg_to_rgb(msg: Image | CompressedImage) -> np.ndarray:
     """Decodes a sensor_msgs Image or CompressedImage into an RGB uint8 array (H, W, 3).
 
-    Colour encodings (rgb8, bgr8, rgba8, bgra8) are converted to RGB; mono8 is replicated into
-    three channels. Depth / float encodings (16UC1, 32FC1, ...) are not colour images.
+    `dsac_ros.data.image_codec.image_to_rgb` does the decoding (padded rows, byte order):
+    colour encodings (rgb8, bgr8, rgba8, bgra8) become RGB, mono8/mono16 are replicated into
+    three channels; depth / float encodings (16UC1, 32FC1) are not colour images.
 
     Raises:
         ValueError: empty data, inconsistent step/size, an encoding that is not a colour image,
             or a compressed image OpenCV cannot decode; the message says which.
     """
-    array = _decode(msg)
-    if array.dtype != np.uint8:
-        encoding = getattr(msg, 'encoding', getattr(msg, 'format', '?'))
-        raise ValueError(
-            f'encoding {encoding!r} ({array.dtype}) is not an 8-bit colour image; the '
-            'relocalizer takes rgb8, bgr8, rgba8, bgra8 or mono8')
-    if array.ndim == 2:
-        array = np.repeat(array[:, :, None], 3, axis=2)
-    if array.ndim != 3 or array.shape[2] != 3 or array.shape[0] == 0 or array.shape[1] == 0:
-        raise ValueError(f'decoded image has shape {array.shape}, expected (H, W, 3)')
-    return np.ascontiguousarray(array)
+    if len(msg.data) == 0:
+        raise ValueError('image message has empty data')
+    rgb = image_codec.image_to_rgb(msg)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
+        raise ValueError(f'decoded image has shape {rgb.shape}, expected (H, W, 3)')
+    return rgb
 
 
 def rgb_to_image_msg(image_rgb_hw3: np.ndarray, frame_id: str = '') -> Image:
@@ -72,79 +70,9 @@ def rgb_to_image_msg(image_rgb_hw3: np.ndarray, frame_id: str = '') -> Image:
     if image_rgb_hw3.dtype != np.uint8 or image_rgb_hw3.ndim != 3 or image_rgb_hw3.shape[2] != 3:
         raise ValueError(f'expected uint8 (H, W, 3), got {image_rgb_hw3.dtype} '
                          f'{image_rgb_hw3.shape}')
-    try:
-        from dsac_ros.data import image_codec
-        encode = getattr(image_codec, 'numpy_to_image', None)
-    except ImportError:
-        encode = None
-    msg = Image()
+    msg = image_codec.numpy_to_image(image_rgb_hw3, 'rgb8', Image())
     msg.header.frame_id = frame_id
-    if encode is not None:
-        encode(image_rgb_hw3, 'rgb8', msg)
-        return msg
-    height, width = image_rgb_hw3.shape[:2]
-    msg.height, msg.width = int(height), int(width)
-    msg.encoding = 'rgb8'
-    msg.is_bigendian = 0
-    msg.step = int(width * 3)
-    msg.data = np.ascontiguousarray(image_rgb_hw3).tobytes()
     return msg
-
-
-def _decode(msg) -> np.ndarray:
-    """Image / CompressedImage -> numpy, through dsac_ros.data.image_codec when it is there."""
-    try:
-        from dsac_ros.data import image_codec
-    except ImportError:  # pragma: no cover - the codec is part of the package
-        image_codec = None
-    if image_codec is not None and hasattr(image_codec, 'decode_rgb'):
-        return image_codec.decode_rgb(msg)
-    return _decode_fallback(msg)
-
-
-_RAW_LAYOUT = {  # encoding -> (dtype, channels, channel order to RGB or None)
-    'rgb8': (np.uint8, 3, None),
-    'bgr8': (np.uint8, 3, (2, 1, 0)),
-    'rgba8': (np.uint8, 4, (0, 1, 2)),
-    'bgra8': (np.uint8, 4, (2, 1, 0)),
-    'mono8': (np.uint8, 1, None),
-    '8uc1': (np.uint8, 1, None),
-    'mono16': (np.uint16, 1, None),
-    '16uc1': (np.uint16, 1, None),
-    '32fc1': (np.float32, 1, None),
-}
-
-
-def _decode_fallback(msg) -> np.ndarray:
-    # TODO(ros-edge): remove once dsac_ros.data.image_codec provides the decoder.
-    data = bytes(msg.data)
-    if not data:
-        raise ValueError('image message has empty data')
-    if hasattr(msg, 'format') and not hasattr(msg, 'encoding'):
-        buffer = np.frombuffer(data, dtype=np.uint8)
-        bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise ValueError(f'compressed image (format {msg.format!r}) could not be decoded')
-        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    encoding = str(msg.encoding).lower()
-    if encoding not in _RAW_LAYOUT:
-        raise ValueError(f'unsupported image encoding {msg.encoding!r}; supported: '
-                         f'{sorted(_RAW_LAYOUT)}')
-    dtype, channels, order = _RAW_LAYOUT[encoding]
-    height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    row_bytes = width * channels * np.dtype(dtype).itemsize
-    if height <= 0 or width <= 0:
-        raise ValueError(f'image has size {width}x{height}')
-    if step < row_bytes or len(data) < step * height:
-        raise ValueError(f'image {width}x{height} {msg.encoding}: step {step} and data length '
-                         f'{len(data)} do not hold the pixels')
-    rows = np.frombuffer(data, dtype=np.uint8, count=step * height).reshape(height, step)
-    pixel_dtype = np.dtype(dtype).newbyteorder('>' if msg.is_bigendian else '<')
-    array = rows[:, :row_bytes].copy().view(pixel_dtype).astype(dtype)
-    array = array.reshape(height, width, channels)
-    if order is not None:
-        array = array[:, :, order]
-    return array[:, :, 0] if channels == 1 else array
 
 
 def check_finite(image: np.ndarray) -> None:

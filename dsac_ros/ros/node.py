@@ -5,8 +5,8 @@ Run: ``ros2 run dsac_ros relocalize_node --ros-args --params-file config/relocal
 
 Topics (names are parameters; defaults shown):
   in  ``/camera/image_raw`` sensor_msgs/Image (or ``<image_topic>/compressed``
-      sensor_msgs/CompressedImage with compressed_input), QoS sensor data (best effort, depth 1)
-      unless input_reliability is 'reliable'.
+      sensor_msgs/CompressedImage with compressed_input), QoS sensor data (best effort, keep
+      last 5) unless input_reliability is 'reliable'.
   in  ``/camera/camera_info`` sensor_msgs/CameraInfo: K (fx, fy, cx, cy) of the raw image; a
       non-zero D (plumb_bob, rational_polynomial, equidistant) is undone before localizing.
       Without camera_info the model's training intrinsics are used (warned once).
@@ -23,7 +23,8 @@ Topics (names are parameters; defaults shown):
       last_score_entropy (nats), latency_ms (receive -> publish of the last frame),
       stamp_to_publish_ms (image stamp -> publish, same clock assumed), transport_ms (image
       stamp -> receive), queue_ms (receive -> start of processing), decode_ms (decode +
-      undistort), network_ms, estimator_ms, publish_ms, mean_latency_ms (all milliseconds).
+      undistort), preprocess_ms (resize to the model's input), network_ms, estimator_ms,
+      publish_ms, mean_latency_ms (all milliseconds).
       Level WARN when the last frame gave no pose, ERROR when it was rejected, STALE before
       the first frame.
 
@@ -123,10 +124,7 @@ def load_relocalizer(settings: NodeSettings, logger=None):
     """
     import torch
 
-    try:
-        from dsac_ros.relocalizer import Relocalizer, RelocalizerConfig
-    except ImportError:  # TODO(ros-edge): remove with _relocalizer_fallback
-        from dsac_ros.ros._relocalizer_fallback import Relocalizer, RelocalizerConfig
+    from dsac_ros.relocalizer import Relocalizer, RelocalizerConfig
 
     if settings.num_threads > 0:
         torch.set_num_threads(settings.num_threads)
@@ -192,9 +190,12 @@ class RelocalizeNode(Node):
         self._stop = threading.Event()
         self._last_warning: dict[str, float] = {}
 
+        # Sensor data QoS (best effort, keep last 5), or the same depth reliable. The callbacks
+        # only store the newest frame, so the depth just rides out short executor stalls.
         qos = qos_profile_sensor_data
         if s.input_reliability == Reliability.RELIABLE.value:
-            qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+            qos = QoSProfile(depth=qos_profile_sensor_data.depth,
+                             reliability=ReliabilityPolicy.RELIABLE)
         if s.compressed_input:
             self._image_topic = f'{s.image_topic.rstrip("/")}/compressed'
             self.create_subscription(CompressedImage, self._image_topic, self._on_image, qos)
@@ -315,6 +316,7 @@ class RelocalizeNode(Node):
             'transport_ms': (frame.received_wall_ns - stamp_ns) / 1e6,
             'queue_ms': result.timings_ms.get('queue', float('nan')),
             'decode_ms': result.timings_ms.get('decode', float('nan')),
+            'preprocess_ms': result.timings_ms.get('preprocess', float('nan')),
             'network_ms': result.timings_ms.get('network', float('nan')),
             'estimator_ms': result.timings_ms.get('estimator', float('nan')),
             'publish_ms': publish_ms,

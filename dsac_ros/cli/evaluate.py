@@ -1,0 +1,118 @@
+"""Evaluate trained checkpoints on scenes with RANSAC / SoftAM / DSAC selection.
+
+    dsac_evaluate --checkpoint model.pt --scene data/chess [--split test]
+                  [--selection ransac|softam|dsac|all] [--hypotheses 256] [--device auto]
+                  [--out DIR] [--max-frames N] [--score-net] [--seed 0] [--threads N]
+
+Several scenes: ``--scene a b c`` with one checkpoint per scene (``--checkpoint a.pt b.pt
+c.pt``) or one checkpoint for all. Prints tables shaped like the paper's Tables 1 and 2 (rows
+scenes, columns selection modes) and, with ``--out``, writes results.json and PNG plots.
+Exit status: 0 on success, 2 on bad arguments, a missing scene or a bad checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+import logging
+from pathlib import Path
+import sys
+
+from dsac_ros.dsac import EstimatorConfig, Selection
+from dsac_ros.evaluation.report import format_table, write_report
+from dsac_ros.evaluation.run import EvaluationConfig, evaluate
+from dsac_ros.relocalizer import NetworkPrecision
+
+_LOG = logging.getLogger('dsac_ros.evaluate')
+
+
+@dataclass(frozen=True)
+class EvaluateCommand:
+    """Parsed command line: (checkpoint, scene) pairs, evaluation settings, output folder."""
+
+    jobs: tuple[tuple[Path, Path], ...]
+    config: EvaluationConfig
+    out_dir: Path | None
+    threads: int | None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog='dsac_evaluate', description=__doc__.split('\n\n')[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('--checkpoint', nargs='+', required=True, type=Path,
+                        help='checkpoint file(s): one for all scenes or one per scene')
+    parser.add_argument('--scene', nargs='+', required=True, type=Path,
+                        help='scene folder(s) in the 7-Scenes layout')
+    parser.add_argument('--split', default='test', choices=['test', 'train'])
+    parser.add_argument('--selection', default='all',
+                        choices=[s.value for s in Selection] + ['all'],
+                        help='hypothesis selection mode(s) to evaluate')
+    parser.add_argument('--hypotheses', type=int, default=256,
+                        help='pose hypotheses per frame')
+    parser.add_argument('--inlier-threshold', type=float, default=10.0,
+                        help='inlier threshold tau in pixels')
+    parser.add_argument('--device', default='auto', help="'auto', 'cpu' or 'cuda'")
+    parser.add_argument('--precision', default='auto', choices=[p.value for p in NetworkPrecision],
+                        help='network arithmetic')
+    parser.add_argument('--score-net', action='store_true',
+                        help="score hypotheses with the checkpoint's score CNN "
+                             '(default: soft inlier count)')
+    parser.add_argument('--max-frames', type=int, default=None,
+                        help='at most this many frames per scene, evenly spaced')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--threads', type=int, default=None, help='torch CPU threads')
+    parser.add_argument('--out', type=Path, default=None,
+                        help='folder for results.json and the PNG plots')
+    parser.add_argument('--no-progress', action='store_true', help='no progress bar')
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> EvaluateCommand:
+    """argv -> EvaluateCommand; exits with status 2 (argparse) on bad arguments."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if len(args.checkpoint) not in (1, len(args.scene)):
+        parser.error(f'give one checkpoint or one per scene: {len(args.checkpoint)} '
+                     f'checkpoints for {len(args.scene)} scenes')
+    checkpoints = args.checkpoint * len(args.scene) if len(args.checkpoint) == 1 \
+        else args.checkpoint
+    selections = tuple(Selection) if args.selection == 'all' else (Selection(args.selection),)
+    try:
+        estimator = EstimatorConfig(num_hypotheses=args.hypotheses,
+                                    inlier_threshold_px=args.inlier_threshold, seed=args.seed)
+        config = EvaluationConfig(split=args.split, selections=selections, estimator=estimator,
+                                  device=args.device, max_frames=args.max_frames,
+                                  use_score_net=args.score_net, precision=args.precision,
+                                  seed=args.seed, progress=not args.no_progress)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.threads is not None and args.threads < 1:
+        parser.error('--threads must be >= 1')
+    return EvaluateCommand(jobs=tuple(zip(checkpoints, args.scene)), config=config,
+                           out_dir=args.out, threads=args.threads)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``dsac_evaluate``."""
+    logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
+    command = parse_args(argv)
+    if command.threads is not None:
+        import torch
+        torch.set_num_threads(command.threads)
+    results = []
+    for checkpoint, scene in command.jobs:
+        try:
+            results.append(evaluate(checkpoint, scene, command.config))
+        except (FileNotFoundError, ValueError) as exc:  # CheckpointError is a ValueError
+            _LOG.error('%s with %s: %s', scene, checkpoint, exc)
+            return 2
+    print(format_table(results))
+    if command.out_dir is not None:
+        files = write_report(results, command.out_dir)
+        print('\nwrote ' + ', '.join(str(p) for p in files.values()))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,283 @@
+"""Evaluation reports: a JSON file, PNG plots (error CDFs, top view of camera centres) and a
+text table shaped like the paper's Tables 1 and 2 (rows: scenes; columns: RANSAC / SoftAM /
+DSAC)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+import numpy as np
+
+from dsac_ros.evaluation.metrics import THRESHOLDS, summarize, threshold_key
+from dsac_ros.evaluation.run import SceneResult
+
+_LABELS = {'ransac': 'RANSAC', 'softam': 'SoftAM', 'dsac': 'DSAC'}
+_COLOURS = {'ransac': 'tab:blue', 'softam': 'tab:orange', 'dsac': 'tab:green'}
+_AXES = 'xyz'
+
+
+def _label(selection: str) -> str:
+    return _LABELS.get(selection, selection)
+
+
+def _finite_or_none(x: float) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-safe copy: numpy to lists, non-finite floats (no pose) to null."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _clean(obj.tolist())
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return _finite_or_none(obj)
+    return obj
+
+
+def scene_to_dict(result: SceneResult) -> dict[str, Any]:
+    """JSON-ready dict of one scene: summaries, mean timings and per-frame results.
+
+    Errors: rotation in degrees, translation (camera centre) in metres, null = no pose.
+    Poses: T_wc camera-to-world 4x4, row-major.
+    """
+    selections = {}
+    for key, sel in result.selections.items():
+        selections[key] = {
+            'summary': sel.summary.to_dict(),
+            'estimator_ms_mean': float(np.mean(sel.estimator_ms_n)) if sel.valid_n.size else None,
+            'frames': [
+                {'name': name, 'valid': bool(v), 'rotation_deg': r, 'translation_m': t,
+                 'inlier_ratio': q, 'T_wc': T}
+                for name, v, r, t, q, T in zip(result.frame_names, sel.valid_n,
+                                               sel.rotation_deg_n, sel.translation_m_n,
+                                               sel.inlier_ratio_n, sel.T_wc_n44)],
+        }
+    return _clean({
+        'scene': result.scene,
+        'scene_root': result.scene_root,
+        'checkpoint': result.checkpoint,
+        'split': result.split,
+        'device': result.device,
+        'frames': len(result.frame_names),
+        'timings_ms_mean': {
+            'preprocess': float(np.mean(result.preprocess_ms_n)) if result.frame_names else None,
+            'network': float(np.mean(result.network_ms_n)) if result.frame_names else None,
+        },
+        'T_wc_gt': result.T_wc_gt_n44,
+        'selections': selections,
+    })
+
+
+def combined_summaries(results: Sequence[SceneResult]) -> dict[str, dict[str, Any]]:
+    """'Average' (mean over scenes of each scene's numbers) and 'Complete' (all frames pooled),
+    per selection mode, as in the paper's Table 1."""
+    modes = _modes(results)
+    out: dict[str, dict[str, Any]] = {'average': {}, 'complete': {}}
+    for mode in modes:
+        present = [r.selections[mode] for r in results if mode in r.selections]
+        rot = np.concatenate([s.rotation_deg_n for s in present])
+        trans = np.concatenate([s.translation_m_n for s in present])
+        valid = np.concatenate([s.valid_n for s in present])
+        out['complete'][mode] = summarize(rot, trans, valid).to_dict()
+        summaries = [s.summary for s in present]
+        out['average'][mode] = {
+            'within_pct': {k: float(np.mean([s.within_pct[k] for s in summaries]))
+                           for k in summaries[0].within_pct},
+            'median_rotation_deg': float(np.mean([s.median_rotation_deg for s in summaries])),
+            'median_translation_m': float(np.mean([s.median_translation_m for s in summaries])),
+        }
+    return out
+
+
+def _modes(results: Sequence[SceneResult]) -> list[str]:
+    modes: list[str] = []
+    for r in results:
+        modes.extend(m for m in r.selections if m not in modes)
+    return modes
+
+
+def ground_plane_axes(T_wc_n44: np.ndarray) -> tuple[int, int, int]:
+    """(a, b, up): world axes spanning the ground plane and the vertical axis.
+
+    The vertical is the world axis closest to the mean camera 'up' direction (OpenCV cameras:
+    -y of the camera, i.e. -R_wc[:, 1]), since hand-held and robot cameras are held roughly
+    upright. Synthetic scenes (z up) give (0, 1, 2): an x-y view; 7-Scenes (y down) gives
+    (0, 2, 1): an x-z view.
+    """
+    T = np.asarray(T_wc_n44, dtype=np.float64).reshape(-1, 4, 4)
+    up = -T[:, :3, 1].mean(axis=0) if len(T) else np.array([0.0, 0.0, 1.0])
+    vertical = int(np.argmax(np.abs(up)))
+    a, b = (i for i in range(3) if i != vertical)
+    return a, b, vertical
+
+
+def plot_error_cdf(result: SceneResult, path: str | Path) -> Path:
+    """PNG: cumulative distribution of translation (cm) and rotation (deg) errors per mode."""
+    fig = Figure(figsize=(10, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax_t, ax_r = fig.subplots(1, 2)
+    n = len(result.frame_names)
+    x_max = {}
+    for ax, attr, scale in ((ax_t, 'translation_m_n', 100.0), (ax_r, 'rotation_deg_n', 1.0)):
+        # Show at least 0..10 (the paper's thresholds), at most 1000 (far-off failures).
+        finite = np.concatenate([scale * getattr(s, attr) for s in result.selections.values()])
+        finite = finite[np.isfinite(finite)]
+        top = 1.2 * float(finite.max()) if finite.size else 10.0
+        x_max[ax] = float(np.clip(top, 10.0, 1000.0))
+        for mode, sel in result.selections.items():
+            e = np.sort(scale * np.asarray(getattr(sel, attr)))
+            e = e[np.isfinite(e)]
+            frac = 100.0 * np.arange(1, len(e) + 1) / max(n, 1)
+            ax.step(np.concatenate([[0.0], e, [x_max[ax]]]),
+                    np.concatenate([[0.0], frac, frac[-1:] if len(e) else [0.0]]),
+                    where='post', color=_COLOURS.get(mode), label=_label(mode))
+    for ax, unit, limit in ((ax_t, 'translation error (cm)', 5.0),
+                            (ax_r, 'rotation error (deg)', 5.0)):
+        ax.set_xlim(0.0, x_max[ax])
+        ax.axvline(limit, color='grey', linestyle=':', linewidth=1)
+        ax.set_xlabel(unit)
+        ax.set_ylabel('% of frames')
+        ax.set_ylim(0, 102)  # keep a 100 % line visible above the frame
+        ax.set_xscale('symlog', linthresh=1.0)
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc='lower right')
+    fig.suptitle(f'{result.scene} ({result.split}, {n} frames): error CDF')
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    return path
+
+
+def plot_top_view(result: SceneResult, path: str | Path) -> Path:
+    """PNG: ground-truth vs estimated camera centres seen from above (one panel per mode)."""
+    a, b, up = ground_plane_axes(result.T_wc_gt_n44)
+    modes = list(result.selections)
+    fig = Figure(figsize=(5 * max(len(modes), 1), 5), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = np.atleast_1d(fig.subplots(1, max(len(modes), 1)))
+    gt = result.T_wc_gt_n44[:, :3, 3]
+    for ax, mode in zip(axes, modes):
+        sel = result.selections[mode]
+        est = sel.T_wc_n44[:, :3, 3]
+        ok = sel.valid_n
+        ax.plot(gt[:, a], gt[:, b], '-', color='black', linewidth=1, label='ground truth')
+        if ok.any():
+            ax.plot(np.stack([gt[ok, a], est[ok, a]]), np.stack([gt[ok, b], est[ok, b]]), '-',
+                    color='red', linewidth=0.5, alpha=0.5)
+            ax.scatter(est[ok, a], est[ok, b], s=6, color=_COLOURS.get(mode),
+                       label=f'{_label(mode)} estimate')
+        ax.set_xlabel(f'{_AXES[a]} (m)')
+        ax.set_ylabel(f'{_AXES[b]} (m)')
+        ax.set_aspect('equal', adjustable='datalim')
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc='best', fontsize='small')
+        ax.set_title(f'{_label(mode)}: {int(ok.sum())}/{len(ok)} localized')
+    fig.suptitle(f'{result.scene}: camera centres, top view ({_AXES[up]} up)')
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    return path
+
+
+def write_report(results: Sequence[SceneResult], out_dir: str | Path) -> dict[str, Path]:
+    """Write ``results.json`` and, per scene, ``<scene>_error_cdf.png`` and
+    ``<scene>_top_view.png`` into out_dir. Returns name -> path of every file written."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+    used: set[str] = set()
+    for r in results:
+        stem = r.scene
+        i = 1
+        while stem in used:  # two scenes with one folder name
+            i += 1
+            stem = f'{r.scene}_{i}'
+        used.add(stem)
+        files[f'{stem}_error_cdf'] = plot_error_cdf(r, out / f'{stem}_error_cdf.png')
+        files[f'{stem}_top_view'] = plot_top_view(r, out / f'{stem}_top_view.png')
+    payload = {'thresholds': [{'key': threshold_key(m, d), 'max_translation_m': m,
+                               'max_rotation_deg': d} for m, d in THRESHOLDS],
+               'scenes': [scene_to_dict(r) for r in results]}
+    if len(results) > 1:
+        payload.update(_clean(combined_summaries(results)))
+    path = out / 'results.json'
+    path.write_text(json.dumps(payload, indent=1, allow_nan=False))
+    files['results'] = path
+    return files
+
+
+def _fmt_pct(x: float) -> str:
+    return '-' if not math.isfinite(x) else f'{x:.1f}%'
+
+
+def _fmt_median(m: float, deg: float) -> str:
+    cm = '-' if not math.isfinite(m) else f'{100.0 * m:.1f}cm'
+    d = '-' if not math.isfinite(deg) else f'{deg:.1f}\u00b0'
+    return f'{cm}, {d}'
+
+
+def format_table(results: Sequence[SceneResult]) -> str:
+    """Text tables like the paper's Tables 1 and 2: % within 5cm/5deg, median errors,
+    % within 2cm/2deg and 10cm/10deg, and mean per-frame timings; rows are scenes (plus
+    Average and Complete for several scenes), columns RANSAC / SoftAM / DSAC."""
+    modes = _modes(results)
+    width = max([len('Complete')] + [len(r.scene) for r in results]) + 2
+    col = 16
+    header = 'Scene'.ljust(width) + ''.join(_label(m).rjust(col) for m in modes)
+    extra = combined_summaries(results) if len(results) > 1 else None
+
+    def rows(cell) -> list[str]:
+        lines = []
+        for r in results:
+            lines.append(r.scene.ljust(width) + ''.join(
+                (cell(r.selections[m].summary.to_dict()) if m in r.selections else '-').rjust(col)
+                for m in modes))
+        if extra is not None:
+            for name in ('average', 'complete'):
+                lines.append(name.capitalize().ljust(width) + ''.join(
+                    cell(extra[name][m]).rjust(col) for m in modes))
+        return lines
+
+    blocks = []
+    for i, (m_thr, d_thr) in enumerate(THRESHOLDS):
+        key = threshold_key(m_thr, d_thr)
+        title = (f'Accuracy: % of {results[0].split if results else "test"} frames with pose '
+                 f'error below {100 * m_thr:g}cm and {d_thr:g}\u00b0')
+        if i == 0:
+            title += ' (paper Table 1)'
+        blocks.append([title, header] + rows(lambda s, key=key: _fmt_pct(s['within_pct'][key])))
+        if i == 0:
+            blocks.append(['Median pose errors (paper Table 2; - = no pose for half the frames or '
+                           'more)', header] + rows(
+                lambda s: _fmt_median(s['median_translation_m'], s['median_rotation_deg'])))
+    timing = ['Mean per-frame timings (ms)',
+              'Scene'.ljust(width) + 'network'.rjust(col) + ''.join(
+                  f'est. {_label(m)}'.rjust(col) for m in modes) + 'device'.rjust(col)]
+    for r in results:
+        timing.append(r.scene.ljust(width) + _fmt_ms(r.network_ms_n).rjust(col) + ''.join(
+            (_fmt_ms(r.selections[m].estimator_ms_n) if m in r.selections else '-').rjust(col)
+            for m in modes) + r.device.rjust(col))
+    blocks.append(timing)
+    return '\n\n'.join('\n'.join(b) for b in blocks)
+
+
+def _fmt_ms(values: np.ndarray) -> str:
+    values = np.asarray(values)
+    return '-' if values.size == 0 else f'{float(values.mean()):.1f}'
+
+
+__all__ = ['combined_summaries', 'format_table', 'ground_plane_axes', 'plot_error_cdf',
+           'plot_top_view', 'scene_to_dict', 'write_report']

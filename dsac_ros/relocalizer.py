@@ -1,0 +1,432 @@
+"""Camera relocalization from one RGB image: scene-coordinate CNN + DSAC estimator (ROS-free).
+
+Per frame: check and resize the image to the model's training size (scaling K to match), run
+the scene-coordinate network once, then estimate the pose with `DsacEstimator` (RANSAC, SoftAM
+or DSAC selection). The ROS node (`dsac_ros.ros.node`) and the evaluator
+(`dsac_ros.evaluation.run`) both use this module.
+
+Conventions (docs/CONTRACTS.md): images are uint8 (H, W, 3) RGB; K (3, 3) pixels with the
+OpenCV pixel-centre convention; T_cw is world-to-camera, T_wc camera-to-world (what ROS
+publishes as map -> camera).
+
+Choices, measured on a 2-core Xeon with AMX/AVX512-BF16 (default SceneCoordinateNet, random
+weights, 320x240, mean of 10 calls):
+bf16 autocast ran the network in 0.72x the float32 time (290 vs 404 ms) and moved the scene
+coordinates by 0.4 mm median (0.16 % of the offset from the scene mean), far below the
+centimetre errors of a trained net. So bf16 is used where the checkpoint was trained in bf16 and
+the CPU runs bf16 natively (`NetworkPrecision.AUTO`); float32 otherwise (bf16 emulation is slower
+than float32). The estimator runs in float64 on the CPU (same speed as float32 there: 213 vs
+224 ms for 256 hypotheses on 30x40 cells) and in float32 on CUDA.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+import enum
+import logging
+import os
+import threading
+import time
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+
+from dsac_ros.dsac import DsacEstimator, EstimatorConfig, PoseEstimate, Selection
+from dsac_ros.models.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+
+__all__ = [
+    'CheckpointError',
+    'Localization',
+    'NetworkPrecision',
+    'Prediction',
+    'Relocalizer',
+    'RelocalizerConfig',
+    'resolve_device',
+    'scale_intrinsics_np',
+]
+
+LOGGER = logging.getLogger(__name__)
+
+
+class NetworkPrecision(str, enum.Enum):
+    """Arithmetic of the scene-coordinate network at inference.
+
+    FLOAT32: plain float32. BFLOAT16: bf16 autocast (the regression head stays float32, see
+    `SceneCoordinateNet.forward`). AUTO: bf16 on CUDA with bf16 support; on the CPU only when
+    the checkpoint's metadata ('precision', 'amp_dtype' or 'autocast') names bf16 / bfloat16
+    AND the CPU runs bf16 natively (AVX512-BF16 / AMX); float32 otherwise.
+    """
+
+    AUTO = 'auto'
+    FLOAT32 = 'float32'
+    BFLOAT16 = 'bfloat16'
+
+
+@dataclass(frozen=True)
+class RelocalizerConfig:
+    """Settings of a `Relocalizer`.
+
+    Attributes:
+        device: 'auto' (CUDA when available, else CPU), 'cpu', or 'cuda' / 'cuda:N' (falls back
+            to the CPU with a logged warning when CUDA is absent).
+        estimator: DSAC estimator settings (selection mode, hypotheses, thresholds).
+        use_score_net: score hypotheses with the checkpoint's ScoreNet when it holds one. Default
+            False: the soft inlier count (paper Eq. 8 with a sigmoid), which needs no training
+            and is what a componentwise-trained model without a score CNN is used with.
+        precision: network arithmetic, see `NetworkPrecision`.
+        seed: seed of the torch.Generator created for every call, so the same image gives the
+            same pose.
+    """
+
+    device: str = 'auto'
+    estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
+    use_score_net: bool = False
+    precision: NetworkPrecision = NetworkPrecision.AUTO
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.precision, NetworkPrecision):
+            try:
+                object.__setattr__(self, 'precision', NetworkPrecision(self.precision))
+            except ValueError as exc:
+                names = [p.value for p in NetworkPrecision]
+                raise ValueError(
+                    f'precision must be one of {names}, got {self.precision!r}') from exc
+        if not isinstance(self.estimator, EstimatorConfig):
+            raise ValueError('estimator must be an EstimatorConfig, got '
+                             f'{type(self.estimator).__name__}')
+        device = str(self.device)
+        if device not in ('auto', 'cpu') and not device.startswith('cuda'):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
+
+
+@dataclass(frozen=True)
+class Localization:
+    """Pose of one image (numpy, read-only arrays).
+
+    Attributes:
+        T_wc: (4, 4) float64 camera-to-world pose (identity when not valid).
+        T_cw: (4, 4) float64 world-to-camera pose (inverse of T_wc).
+        valid: False = no pose (too few inliers / valid cells); T_wc is then the identity.
+        inlier_count: cells with reprojection error below the inlier threshold at the pose.
+        inlier_ratio: inlier_count / number of valid cells, in [0, 1].
+        score_entropy: entropy (nats) of the hypothesis selection distribution; near 0 = one
+            clear winner, log(num_hypotheses) = no preference.
+        covariance: (6, 6) float64 covariance of xi = (rho [m], phi [rad]), translation first,
+            a perturbation in the CAMERA frame: T_wc_true = T_wc @ se3_exp(xi). Rotate both 3x3
+            blocks by R_wc for the world frame. diag(1e6) when not valid.
+        timings: milliseconds spent in 'preprocess' (checks, resize, upload), 'network' and
+            'estimator'.
+    """
+
+    T_wc: np.ndarray
+    T_cw: np.ndarray
+    valid: bool
+    inlier_count: int
+    inlier_ratio: float
+    score_entropy: float
+    covariance: np.ndarray
+    timings: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Network output for B images, ready for `Relocalizer.estimate` (reusable across modes).
+
+    Attributes:
+        scene_coords_b3hw: (B, 3, H/8, W/8) world coordinates (metres), on the device.
+        K_b33: (B, 3, 3) intrinsics of the resized (training-size) images, same dtype/device.
+        timings: per-image milliseconds for 'preprocess' and 'network'.
+    """
+
+    scene_coords_b3hw: Tensor
+    K_b33: Tensor
+    timings: dict[str, float]
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' -> CUDA when available else CPU; 'cuda[:N]' without CUDA -> CPU + warning."""
+    device = str(device)
+    if device == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    if device.startswith('cuda') and not torch.cuda.is_available():
+        LOGGER.warning('device %r requested but CUDA is not available: using the CPU', device)
+        return torch.device('cpu')
+    return torch.device(device)
+
+
+def scale_intrinsics_np(K_33: np.ndarray, sx: float, sy: float) -> np.ndarray:
+    """K of an image resized by (sx, sy), OpenCV pixel-centre convention (float64 numpy).
+
+    fx' = sx fx, s' = sx s, cx' = sx (cx + 0.5) - 0.5; likewise fy, cy with sy. Same math as
+    `dsac_ros.geometry.camera.scale_intrinsics`, kept in numpy to avoid a tensor round trip.
+    """
+    K = np.array(K_33, dtype=np.float64, copy=True)
+    K[0, 0] *= sx
+    K[0, 1] *= sx
+    K[0, 2] = sx * (K[0, 2] + 0.5) - 0.5
+    K[1, 1] *= sy
+    K[1, 2] = sy * (K[1, 2] + 0.5) - 0.5
+    return K
+
+
+def _check_image(image: np.ndarray, name: str = 'image_rgb_hw3') -> None:
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f'{name} must be a numpy array, got {type(image).__name__}')
+    if image.dtype != np.uint8:
+        raise ValueError(f'{name} must be uint8 RGB, got dtype {image.dtype}')
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f'{name} must have shape (H, W, 3), got {image.shape}')
+    if image.shape[0] < 8 or image.shape[1] < 8:
+        raise ValueError(f'{name} is empty or too small: shape {image.shape}')
+
+
+def _check_K(K_33, name: str = 'K_33') -> np.ndarray:
+    try:
+        K = np.asarray(K_33, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f'{name} must be a (3, 3) array of numbers: {exc}') from exc
+    if K.shape != (3, 3):
+        raise ValueError(f'{name} must have shape (3, 3), got {K.shape}')
+    if not np.isfinite(K).all():
+        raise ValueError(f'{name} contains NaN or inf: {K.tolist()}')
+    if not (K[0, 0] > 0 and K[1, 1] > 0):
+        raise ValueError(f'{name} focal lengths must be > 0, got fx={K[0, 0]}, fy={K[1, 1]}')
+    if K[1, 0] != 0 or K[2, 0] != 0 or K[2, 1] != 0 or K[2, 2] != 1:
+        raise ValueError(f'{name} must be upper triangular with last row (0, 0, 1), got '
+                         f'{K.tolist()}')
+    return K
+
+
+def _cpu_bf16_native() -> bool:
+    """True when the CPU runs bf16 convolutions natively (else bf16 is slower than float32)."""
+    try:
+        from dsac_ros.training.runtime import cpu_bf16_supported
+    except ImportError:
+        return False
+    return cpu_bf16_supported()
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    a.setflags(write=False)
+    return a
+
+
+class Relocalizer:
+    """Localizes RGB images in the scene a checkpoint was trained on.
+
+    Thread-safe for one caller at a time per instance; `set_estimator_config` may be called from
+    another thread (it swaps the estimator between calls).
+
+    Args:
+        checkpoint: a loaded `Checkpoint` (networks on any device; moved to the config's).
+        config: RelocalizerConfig.
+    """
+
+    def __init__(self, checkpoint: Checkpoint, config: RelocalizerConfig | None = None) -> None:
+        self.config = config if config is not None else RelocalizerConfig()
+        self.device = resolve_device(self.config.device)
+        self.coord_net = checkpoint.coord_net.to(self.device).eval()
+        self.coord_net = self.coord_net.to(memory_format=torch.channels_last)
+        self.score_net = None
+        if checkpoint.score_net is not None:
+            self.score_net = checkpoint.score_net.to(self.device).eval()
+        self.image_size = tuple(int(x) for x in checkpoint.image_size)  # (height, width)
+        self.K_train = _check_K(checkpoint.K.detach().cpu().numpy(), 'checkpoint K')
+        self.metadata = dict(checkpoint.metadata or {})
+        self.autocast_bf16 = self._use_bf16()
+        # Float64 PnP on the CPU (cheap there, exact); float32 on GPUs (float64 is slow there).
+        self.estimator_dtype = torch.float64 if self.device.type == 'cpu' else torch.float32
+        self._lock = threading.Lock()
+        self._estimator = self._make_estimator(self.config.estimator)
+        self._by_selection: dict[Selection, tuple[DsacEstimator, DsacEstimator]] = {}
+        self._warned_aspect = False
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike,
+                        config: RelocalizerConfig | None = None) -> Relocalizer:
+        """Load a checkpoint file (CheckpointError, a ValueError, when missing or corrupt)."""
+        # Loaded on the CPU; __init__ moves the nets to the configured device (one warning).
+        return cls(load_checkpoint(path, 'cpu'), config)
+
+    # -- configuration ------------------------------------------------------------------------
+
+    def _use_bf16(self) -> bool:
+        precision = self.config.precision
+        if precision is NetworkPrecision.FLOAT32:
+            return False
+        if precision is NetworkPrecision.BFLOAT16:
+            return True
+        if self.device.type == 'cuda':
+            return torch.cuda.is_bf16_supported()
+        trained = ' '.join(str(self.metadata.get(k, '')).lower()
+                           for k in ('precision', 'amp_dtype', 'autocast'))
+        return ('bf16' in trained or 'bfloat16' in trained) and _cpu_bf16_native()
+
+    def _make_estimator(self, config: EstimatorConfig) -> DsacEstimator:
+        score_fn = None
+        if self.config.use_score_net:
+            if self.score_net is None:
+                LOGGER.warning('use_score_net is set but the checkpoint has no score net: '
+                               'scoring with soft inlier counts')
+            else:
+                score_fn = self.score_net.score_fn
+        return DsacEstimator(config, score_fn, self.device)
+
+    @property
+    def estimator_config(self) -> EstimatorConfig:
+        """The estimator settings in use."""
+        return self._estimator.config
+
+    def set_estimator_config(self, config: EstimatorConfig) -> None:
+        """Replace the estimator settings; takes effect from the next call."""
+        if not isinstance(config, EstimatorConfig):
+            raise ValueError(f'expected an EstimatorConfig, got {type(config).__name__}')
+        self._estimator = self._make_estimator(config)
+
+    # -- pipeline -----------------------------------------------------------------------------
+
+    def _resize(self, image: np.ndarray, K: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Image at the training size (H, W, 3) and its intrinsics."""
+        h, w = self.image_size
+        H, W = image.shape[:2]
+        if (H, W) == (h, w):
+            return image, (self.K_train if K is None else K)
+        if not self._warned_aspect and abs(W / H - w / h) > 0.01 * (w / h):
+            LOGGER.warning('image aspect %dx%d differs from the training size %dx%d: resizing '
+                           'anisotropically', W, H, w, h)
+            self._warned_aspect = True
+        shrinking = W > w or H > h
+        interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+        resized = cv2.resize(image, (w, h), interpolation=interpolation)
+        # K None: the image is taken to come from the training camera at another resolution.
+        K_out = self.K_train if K is None else scale_intrinsics_np(K, w / W, h / H)
+        return resized, K_out
+
+    def predict(self, images_rgb: Sequence[np.ndarray],
+                K_33s: Sequence[np.ndarray | None] | None = None) -> Prediction:
+        """Run the scene-coordinate network once on B images.
+
+        Args:
+            images_rgb: B uint8 (H_i, W_i, 3) RGB images (any size; resized to the model's).
+            K_33s: B intrinsics (3, 3) in pixels of the images as given, or None entries (or
+                None) for the model's training camera.
+
+        Returns:
+            Prediction with (B, 3, h/8, w/8) scene coordinates and the matching (B, 3, 3) K.
+
+        Raises:
+            ValueError: wrong dtype / shape, empty image, NaN or zero-focal K.
+        """
+        t0 = time.perf_counter()
+        images_rgb = list(images_rgb)
+        if not images_rgb:
+            raise ValueError('no images given')
+        if K_33s is None:
+            K_33s = [None] * len(images_rgb)
+        K_33s = list(K_33s)
+        if len(K_33s) != len(images_rgb):
+            raise ValueError(f'{len(images_rgb)} images but {len(K_33s)} intrinsics')
+        resized, Ks = [], []
+        for i, (image, K) in enumerate(zip(images_rgb, K_33s)):
+            _check_image(image, f'image {i}' if len(images_rgb) > 1 else 'image_rgb_hw3')
+            K = None if K is None else _check_K(K)
+            image, K = self._resize(image, K)
+            resized.append(image)
+            Ks.append(K)
+        batch = torch.from_numpy(np.ascontiguousarray(np.stack(resized))).to(self.device)
+        x_b3hw = batch.permute(0, 3, 1, 2).float().div_(255.0)
+        x_b3hw = x_b3hw.contiguous(memory_format=torch.channels_last)
+        K_b33 = torch.from_numpy(np.stack(Ks)).to(self.device, self.estimator_dtype)
+        self._sync()
+        t1 = time.perf_counter()
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                                    enabled=self.autocast_bf16):
+            coords = self.coord_net(x_b3hw)
+        # A normal (non-inference) tensor, so the estimator may use it freely.
+        coords = coords.to(self.estimator_dtype).contiguous().clone()
+        self._sync()
+        t2 = time.perf_counter()
+        n = len(images_rgb)
+        return Prediction(coords, K_b33, {'preprocess': 1e3 * (t1 - t0) / n,
+                                          'network': 1e3 * (t2 - t1) / n})
+
+    def estimate(self, prediction: Prediction,
+                 selection: Selection | str | None = None) -> list[Localization]:
+        """Poses of the B images of `prediction` (the network output may be reused).
+
+        Args:
+            prediction: from `predict`.
+            selection: overrides the configured selection mode (RANSAC / SoftAM / DSAC).
+        """
+        estimator = self._estimator
+        if selection is not None and Selection(selection) != estimator.config.selection:
+            estimator = self._estimator_for(estimator, Selection(selection))
+        t0 = time.perf_counter()
+        generator = torch.Generator(device=self.device).manual_seed(int(self.config.seed))
+        est: PoseEstimate = estimator.estimate(prediction.scene_coords_b3hw, prediction.K_b33,
+                                               self.coord_net.stride, generator)
+        T_cw = est.T_cw_b44.double().cpu().numpy()
+        T_wc = est.T_wc_b44.double().cpu().numpy()
+        cov = est.covariance_b66.double().cpu().numpy()
+        valid = est.valid_b.cpu().numpy()
+        inliers = est.inlier_count_b.cpu().numpy()
+        ratio = est.inlier_ratio_b.double().cpu().numpy()
+        entropy = est.score_entropy_b.double().cpu().numpy()
+        n = T_cw.shape[0]
+        estimator_ms = 1e3 * (time.perf_counter() - t0) / n
+        out = []
+        for b in range(n):
+            timings = dict(prediction.timings)
+            timings['estimator'] = estimator_ms
+            out.append(Localization(
+                T_wc=_readonly(T_wc[b].copy()), T_cw=_readonly(T_cw[b].copy()),
+                valid=bool(valid[b]), inlier_count=int(inliers[b]),
+                inlier_ratio=float(ratio[b]), score_entropy=float(entropy[b]),
+                covariance=_readonly(cov[b].copy()), timings=timings))
+        return out
+
+    def localize(self, image_rgb_hw3: np.ndarray, K_33: np.ndarray | None = None) -> Localization:
+        """Pose of one image.
+
+        Args:
+            image_rgb_hw3: uint8 (H, W, 3) RGB image, any size (resized to the training size
+                with cv2.resize, INTER_AREA when shrinking).
+            K_33: (3, 3) intrinsics (pixels) of the image as given, or None for the model's
+                training camera.
+
+        Returns:
+            Localization (T_wc camera-to-world, T_cw world-to-camera, quality, timings).
+
+        Raises:
+            ValueError: wrong dtype / shape, empty image, NaN or zero-focal K.
+        """
+        with self._lock:
+            return self.estimate(self.predict([image_rgb_hw3], [K_33]))[0]
+
+    def localize_batch(self, images_rgb: Sequence[np.ndarray],
+                       K_33s: Sequence[np.ndarray | None] | None = None) -> list[Localization]:
+        """Poses of B images with one network call and one batched estimator call.
+
+        Timings are per image (batch time / B). The random stream differs from B single calls,
+        so poses agree with `localize` up to RANSAC noise, not bit for bit.
+        """
+        with self._lock:
+            return self.estimate(self.predict(images_rgb, K_33s))
+
+    def _estimator_for(self, base: DsacEstimator, selection: Selection) -> DsacEstimator:
+        # One estimator per mode, kept so its scratch buffers are reused from frame to frame;
+        # the entry remembers its base so a swapped configuration is never served stale.
+        cached = self._by_selection.get(selection)
+        if cached is None or cached[0] is not base:
+            cached = (base, DsacEstimator(replace(base.config, selection=selection),
+                                          base.score_fn, self.device))
+            self._by_selection[selection] = cached
+        return cached[1]
+
+    def _sync(self) -> None:
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize(self.device)

@@ -1,0 +1,264 @@
+"""Training configuration: stages, presets, schedules and precision as frozen dataclasses.
+
+Two presets:
+
+* ``default`` (CPU-sized, measured on the synthetic scene): stage 1 with Adam lr 2e-3 cosine-
+  decayed to 0 over the budget (``minutes`` or ``iterations``), batch 8, brightness/contrast
+  jitter, bf16 autocast + channels_last where the hardware supports it; stage 2 Adam 1e-3,
+  600 steps of 64 error images; stage 3 SGD (momentum 0.9), coordinate lr 1e-5 cosine, score
+  lr 1e-6, one image per step, gradients clamped to [-0.1, 0.1].
+* ``paper`` (Brachmann et al. 2017, Sec. 4.1 / 4.2): stage 1 Adam 1e-4 halved every 50k updates
+  for 300k updates; stage 2 Adam 1e-4, batch 64, 2k updates; stage 3 SGD momentum 0.9,
+  coordinate lr 1e-4 / (1 + 0.1 t), score lr 1e-7 fixed, 10k updates, gradients clamped to
+  [-0.1, 0.1]. (The paper's batch of 64 patches becomes whole images here.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from dsac_ros.dsac import Selection
+from dsac_ros.models.scene_coordinate_net import SceneCoordinateNetConfig
+
+
+class Stage(str, Enum):
+    """Training stages, in order (paper Sec. 4.1 componentwise, 4.2 end-to-end)."""
+
+    COORDS = 'coords'
+    SCORE = 'score'
+    E2E = 'e2e'
+
+
+class Preset(str, Enum):
+    DEFAULT = 'default'
+    PAPER = 'paper'
+
+
+class Schedule(str, Enum):
+    """Learning-rate schedule. COSINE: lr0 * (1 + cos(pi p)) / 2 over the run's progress p in
+    [0, 1] (iterations or minutes); STEP_HALF: lr0 * 0.5 ** (t // halve_every); INVERSE:
+    lr0 / (1 + decay t); CONSTANT: lr0."""
+
+    COSINE = 'cosine'
+    STEP_HALF = 'step_half'
+    INVERSE = 'inverse'
+    CONSTANT = 'constant'
+
+
+class Precision(str, Enum):
+    """Forward precision of the coordinate net. AUTO: bf16 autocast on CPUs with native bf16
+    (AVX512-BF16/AMX) and on CUDA with bf16 support, fp16 autocast on older CUDA, else fp32."""
+
+    AUTO = 'auto'
+    FP32 = 'fp32'
+    BF16 = 'bf16'
+    FP16 = 'fp16'
+
+
+@dataclass(frozen=True)
+class Budget:
+    """When a stage ends: after ``iterations`` steps or ``minutes`` of training time, whichever
+    comes first (None = no limit of that kind; at least one must be set). The lr schedule's
+    progress is the larger of the two fractions, so a cosine spans the time budget."""
+
+    iterations: int | None = None
+    minutes: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.iterations is None and self.minutes is None:
+            raise ValueError('a stage budget needs iterations or minutes')
+        if self.iterations is not None and self.iterations < 1:
+            raise ValueError(f'iterations must be >= 1, got {self.iterations}')
+        if self.minutes is not None and not self.minutes > 0:
+            raise ValueError(f'minutes must be > 0, got {self.minutes}')
+
+    def progress(self, step: int, elapsed_s: float) -> float:
+        """Fraction of the budget used, in [0, 1]."""
+        fractions = []
+        if self.iterations is not None:
+            fractions.append(step / self.iterations)
+        if self.minutes is not None:
+            fractions.append(elapsed_s / (60.0 * self.minutes))
+        return min(1.0, max(fractions))
+
+
+@dataclass(frozen=True)
+class LrSchedule:
+    lr: float
+    schedule: Schedule = Schedule.COSINE
+    halve_every: int = 50_000  # STEP_HALF
+    decay: float = 0.1  # INVERSE
+
+    def at(self, step: int, progress: float) -> float:
+        """Learning rate at optimizer step ``step`` (0-based) and budget ``progress``."""
+        import math
+        if self.schedule is Schedule.COSINE:
+            return self.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        if self.schedule is Schedule.STEP_HALF:
+            return self.lr * 0.5 ** (step // self.halve_every)
+        if self.schedule is Schedule.INVERSE:
+            return self.lr / (1.0 + self.decay * step)
+        return self.lr
+
+
+@dataclass(frozen=True)
+class CoordStageConfig:
+    """Stage 1: componentwise coordinate regression (paper Sec. 4.1).
+
+    With depth: loss = mean over valid cells of ||y - y*||_2 (metres). Without depth
+    (``TrainingSet.coords_b3hw`` None): reprojection initialisation, see
+    ``losses.reprojection_init_loss`` (pixels).
+    """
+
+    budget: Budget = Budget(iterations=3000)
+    lr: LrSchedule = LrSchedule(2e-3, Schedule.COSINE)
+    batch_size: int = 8
+    weight_decay: float = 0.0
+    brightness: float = 0.05  # +- offset added to [0, 1] intensities
+    contrast: float = 0.2  # +- relative gain: x * U(1 - contrast, 1 + contrast)
+    reprojection_clamp_px: float = 100.0  # no-depth loss: errors above this are outliers
+    depth_prior_m: float = 3.0  # no-depth loss: target depth where reprojection is invalid
+    min_depth_m: float = 0.1
+
+
+@dataclass(frozen=True)
+class ScoreStageConfig:
+    """Stage 2: Score CNN regression on error images of poses sampled around the ground truth
+    (paper Sec. 4.1): target s* = -beta * pose_loss (deg / cm), L1, Adam."""
+
+    budget: Budget = Budget(iterations=600)
+    lr: LrSchedule = LrSchedule(1e-3, Schedule.COSINE)
+    batch_size: int = 64
+    beta: float = 10.0
+    max_perturbation: float = 30.0  # largest rotation (deg) / translation (cm) perturbation
+    min_perturbation: float = 0.3
+    output_scale: float = 100.0  # ScoreNetConfig.output_scale of a freshly built score net
+
+
+@dataclass(frozen=True)
+class EndToEndStageConfig:
+    """Stage 3: end-to-end training through ``dsac.expected_pose_loss`` (paper Sec. 4.2)."""
+
+    budget: Budget = Budget(iterations=300)
+    selection: Selection = Selection.DSAC
+    coord_lr: LrSchedule = LrSchedule(1e-5, Schedule.COSINE)
+    score_lr: LrSchedule = LrSchedule(1e-6, Schedule.CONSTANT)
+    momentum: float = 0.9
+    grad_clamp: float = 0.1  # gradients entering either network are clamped to +- this
+    frames_per_step: int = 1
+    num_hypotheses: int = 256
+    train_score: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.selection, Selection):
+            object.__setattr__(self, 'selection', Selection(self.selection))
+        if self.selection is Selection.RANSAC:
+            raise ValueError('end-to-end training needs selection dsac or softam, not ransac')
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run needs (the CLI builds it; the library never sees argparse).
+
+    scene: 7-Scenes-layout scene root. out_dir: checkpoint, logs and plots; a rerun with the
+    same out_dir resumes. stages: which stages to run, in order. init_checkpoint: start the
+    networks from this file (weights only, e.g. componentwise -> end-to-end in a new folder).
+    coord_net: architecture of a freshly built coordinate net (ignored when resuming or
+    initialising from a checkpoint, which carries its own).
+    """
+
+    scene: Path
+    out_dir: Path
+    coord_net: SceneCoordinateNetConfig = SceneCoordinateNetConfig()
+    stages: tuple[Stage, ...] = (Stage.COORDS, Stage.SCORE, Stage.E2E)
+    coords: CoordStageConfig = CoordStageConfig()
+    score: ScoreStageConfig = ScoreStageConfig()
+    e2e: EndToEndStageConfig = EndToEndStageConfig()
+    preset: Preset = Preset.DEFAULT
+    seed: int = 0
+    device: str = 'auto'
+    precision: Precision = Precision.AUTO
+    channels_last: bool = True
+    use_depth: bool = True
+    max_frames: int | None = None
+    init_checkpoint: Path | None = None
+    checkpoint_every: int = 500  # steps
+    checkpoint_seconds: float = 120.0
+    log_every: int = 20  # steps per CSV row
+    progress_bar: bool = True
+    threads: int | None = None  # torch.set_num_threads on CPU (None: leave torch's default)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, 'scene', Path(self.scene))
+        object.__setattr__(self, 'out_dir', Path(self.out_dir))
+        if self.init_checkpoint is not None:
+            object.__setattr__(self, 'init_checkpoint', Path(self.init_checkpoint))
+        object.__setattr__(self, 'stages', tuple(Stage(s) for s in self.stages))
+        if not self.stages:
+            raise ValueError('no training stage selected')
+        if self.checkpoint_every < 1 or self.log_every < 1:
+            raise ValueError('checkpoint_every and log_every must be >= 1')
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain (weights_only-loadable) dict for checkpoints and logs."""
+        def plain(x: Any) -> Any:
+            if isinstance(x, Enum):
+                return x.value
+            if isinstance(x, Path):
+                return str(x)
+            if isinstance(x, dict):
+                return {k: plain(v) for k, v in x.items()}
+            if isinstance(x, (list, tuple)):
+                return [plain(v) for v in x]
+            return x
+        return plain(asdict(self))
+
+
+def preset_config(preset: Preset | str, scene: Path | str, out_dir: Path | str,
+                  **overrides: Any) -> TrainConfig:
+    """A TrainConfig for ``preset`` ('default' or 'paper'), fields replaced by ``overrides``."""
+    preset = Preset(preset)
+    if preset is Preset.PAPER:
+        base = TrainConfig(
+            scene=Path(scene), out_dir=Path(out_dir), preset=preset,
+            coords=CoordStageConfig(budget=Budget(iterations=300_000),
+                                    lr=LrSchedule(1e-4, Schedule.STEP_HALF, halve_every=50_000),
+                                    batch_size=8),
+            score=ScoreStageConfig(budget=Budget(iterations=2000),
+                                   lr=LrSchedule(1e-4, Schedule.CONSTANT), batch_size=64),
+            e2e=EndToEndStageConfig(budget=Budget(iterations=10_000),
+                                    coord_lr=LrSchedule(1e-4, Schedule.INVERSE, decay=0.1),
+                                    score_lr=LrSchedule(1e-7, Schedule.CONSTANT),
+                                    frames_per_step=1),
+        )
+    else:
+        base = TrainConfig(scene=Path(scene), out_dir=Path(out_dir), preset=preset)
+    return replace(base, **overrides)
+
+
+def with_budget(config: TrainConfig, minutes: float | None = None,
+                iterations: int | None = None) -> TrainConfig:
+    """Apply a CLI budget to the selected stages.
+
+    ``iterations`` replaces every selected stage's iteration count. ``minutes`` is the total
+    time for the selected stages: with all three, coords get 80 %, score 5 %, e2e 15 %
+    (renormalised over the selected ones); the iteration cap is lifted unless ``iterations``
+    is given too.
+    """
+    if minutes is None and iterations is None:
+        return config
+    share = {Stage.COORDS: 0.80, Stage.SCORE: 0.05, Stage.E2E: 0.15}
+    total = sum(share[s] for s in config.stages)
+    updates = {}
+    for stage, name in ((Stage.COORDS, 'coords'), (Stage.SCORE, 'score'), (Stage.E2E, 'e2e')):
+        if stage not in config.stages:
+            continue
+        stage_minutes = None if minutes is None else minutes * share[stage] / total
+        stage_cfg = getattr(config, name)
+        updates[name] = replace(stage_cfg, budget=Budget(iterations=iterations,
+                                                         minutes=stage_minutes))
+    return replace(config, **updates)

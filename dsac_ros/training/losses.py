@@ -1,0 +1,119 @@
+"""Training losses and score-regression samples (paper Sec. 4.1).
+
+Frames: scene coordinates are world points in metres; poses are T_cw (world-to-camera);
+pixels follow OpenCV (cell centres from ``geometry.camera.cell_centers``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from dsac_ros.geometry.camera import backproject, cell_centers, project
+from dsac_ros.geometry.transforms import (
+    axis_angle_to_matrix,
+    invert_se3,
+    make_se3,
+    pose_loss,
+    transform_points,
+)
+
+
+def coordinate_loss(pred_b3hw: Tensor, target_b3hw: Tensor) -> Tensor:
+    """Mean Euclidean distance ||y - y*|| (metres) over the cells with a finite target.
+
+    pred_b3hw, target_b3hw: (B, 3, h, w), target NaN where unknown. Computed in float32 (the
+    prediction may come from an autocast forward). Returns a scalar (0 with a gradient when
+    no cell is valid).
+    """
+    if pred_b3hw.shape != target_b3hw.shape:
+        raise ValueError(f'prediction {tuple(pred_b3hw.shape)} and target '
+                         f'{tuple(target_b3hw.shape)} differ in shape')
+    valid = torch.isfinite(target_b3hw).all(dim=1)  # (B, h, w)
+    diff = pred_b3hw.float() - torch.nan_to_num(target_b3hw.float())
+    dist = diff.square().sum(dim=1).clamp_min(1e-12).sqrt()
+    n = valid.sum()
+    return torch.where(valid, dist, torch.zeros_like(dist)).sum() / n.clamp_min(1)
+
+
+def reprojection_init_loss(pred_b3hw: Tensor, T_cw_b44: Tensor, K_b33: Tensor,
+                           stride: int = 8, clamp_px: float = 100.0, min_depth_m: float = 0.1,
+                           depth_prior_m: float = 3.0) -> tuple[Tensor, Tensor]:
+    """Initialisation loss for scenes without depth: scene coordinates from poses only.
+
+    For each cell the prediction y is moved to the camera with the ground-truth pose and
+    projected. Where it lies at least ``min_depth_m`` in front of the camera and reprojects
+    within ``clamp_px`` of its cell centre, the loss is the reprojection error in pixels.
+    Elsewhere (behind the camera, or a gross outlier) the loss pulls y towards the point
+    ``depth_prior_m`` along the cell's viewing ray, as a distance in metres scaled by
+    ``clamp_px / depth_prior_m`` so that both terms have comparable gradients.
+
+    Args:
+        pred_b3hw: (B, 3, h, w) predicted world coordinates, metres.
+        T_cw_b44: (B, 4, 4) ground-truth world-to-camera poses.
+        K_b33: (B, 3, 3) or (3, 3) intrinsics of the full-resolution image, pixels.
+
+    Returns:
+        (loss scalar, per-cell reprojection error (B, h, w) in pixels, detached; clamped
+        cells hold ``clamp_px``).
+    """
+    B, _, h, w = pred_b3hw.shape
+    device = pred_b3hw.device
+    y = pred_b3hw.float().permute(0, 2, 3, 1).reshape(B, h * w, 3)
+    T = T_cw_b44.to(device=device, dtype=torch.float32)
+    K = K_b33.to(device=device, dtype=torch.float32).expand(B, 3, 3)
+    pix = cell_centers(h, w, stride, device=device, dtype=torch.float32)
+    pix = pix.permute(1, 2, 0).reshape(1, h * w, 2).expand(B, h * w, 2)
+    cam = transform_points(T, y)  # (B, M, 3)
+    z = cam[..., 2]
+    front = z > min_depth_m
+    safe = torch.where(front[..., None], cam, torch.ones_like(cam))
+    err = (project(safe, K[:, None]) - pix).norm(dim=-1)
+    good = front & (err < clamp_px)
+    # Depth-prior target on the viewing ray of each cell, in the world frame.
+    prior_cam = backproject(pix, torch.full_like(z, depth_prior_m), K[:, None])
+    prior_world = transform_points(invert_se3(T), prior_cam)
+    prior_dist = (y - prior_world.detach()).norm(dim=-1) * (clamp_px / depth_prior_m)
+    per_cell = torch.where(good, err, prior_dist)
+    loss = per_cell.mean()
+    return loss, torch.where(good, err, torch.full_like(err, clamp_px)).detach().reshape(B, h, w)
+
+
+def perturb_poses(T_cw_b44: Tensor, generator: torch.Generator | None,
+                  min_magnitude: float = 0.3, max_magnitude: float = 30.0) -> Tensor:
+    """Poses around the ground truth for score regression, some within 5 deg / 5 cm, some
+    beyond (paper Sec. 4.1).
+
+    A magnitude m is drawn log-uniformly in [min, max]; the rotation error is m * U(0.3, 1)
+    degrees about a random axis and the camera centre moves m * U(0.3, 1) centimetres in a
+    random direction. About a third of the poses fall within 5 deg / 5 cm.
+
+    T_cw_b44: (B, 4, 4) world-to-camera. Returns (B, 4, 4) world-to-camera, same dtype.
+    """
+    B = T_cw_b44.shape[0]
+    device, dtype = T_cw_b44.device, T_cw_b44.dtype
+
+    def rand(*shape: int) -> Tensor:
+        return torch.rand(*shape, generator=generator, dtype=torch.float64).to(device, dtype)
+
+    def direction() -> Tensor:
+        v = torch.randn(B, 3, generator=generator, dtype=torch.float64).to(device, dtype)
+        return v / v.norm(dim=-1, keepdim=True).clamp_min(1e-9)
+
+    log_lo, log_hi = math.log(min_magnitude), math.log(max_magnitude)
+    m = torch.exp(log_lo + (log_hi - log_lo) * rand(B))
+    angle_rad = torch.deg2rad(m * (0.3 + 0.7 * rand(B)))
+    shift_m = 0.01 * m * (0.3 + 0.7 * rand(B))
+    R_delta = axis_angle_to_matrix(direction() * angle_rad[:, None])
+    T_wc = invert_se3(T_cw_b44)
+    # Rotate the camera about its own centre, then move the centre.
+    R_wc = T_wc[:, :3, :3] @ R_delta
+    c = T_wc[:, :3, 3] + direction() * shift_m[:, None]
+    return invert_se3(make_se3(R_wc, c))
+
+
+def score_targets(T_cw_est_b44: Tensor, T_cw_gt_b44: Tensor, beta: float = 10.0) -> Tensor:
+    """s* = -beta * pose_loss (max of degrees and centimetres), paper Sec. 4.1. (B,)."""
+    return -beta * pose_loss(T_cw_est_b44, T_cw_gt_b44)
