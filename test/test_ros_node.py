@@ -493,7 +493,7 @@ def played(ros_env, model_path, scene_dir, tmp_path_factory):
             'dsac_ros.ros.player', str(scene_dir), '--rate', '15', '--gt-out', str(gt_path),
             '--wait-timeout', '60'))
         assert player.process.wait(90) == 0, player.log()
-        time.sleep(1.5)
+        time.sleep(3.0)  # the node finishes its last frame and reports once more
         assert procs.stop(recorder) == 0, recorder.log()
         assert procs.stop(node) == 0, node.log()
     return load_json(gt_path), load_json(poses_path), node.log()

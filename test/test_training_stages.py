@@ -77,15 +77,16 @@ def test_presets_and_budget():
 
 
 def test_stage1_loss_falls_and_files(tiny_scene: Path, tmp_path: Path):
-    config = _config(tiny_scene, tmp_path / 'run', stages=(Stage.COORDS,),
-                     coords=CoordStageConfig(budget=Budget(iterations=80),
-                                             lr=LrSchedule(2e-3), batch_size=4),
+    # Four frames, so that a few dozen steps show a clear drop (fitting them).
+    config = _config(tiny_scene, tmp_path / 'run', stages=(Stage.COORDS,), max_frames=4,
+                     coords=CoordStageConfig(budget=Budget(iterations=60), batch_size=4,
+                                             lr=LrSchedule(5e-3, Schedule.CONSTANT)),
                      precision=Precision.AUTO)
     result = train(config)
     rows = _rows(config.out_dir, 'coords')
     first, last = float(rows[0]['loss']), float(rows[-1]['loss'])
-    assert last < 0.6 * first, (first, last)
-    assert result.stages_done == ['coords'] and result.steps == {'coords': 80}
+    assert last < 0.75 * first, (first, last)
+    assert result.stages_done == ['coords'] and result.steps == {'coords': 60}
     for name in ('checkpoint.pt', 'model.pt', 'log.csv', 'curves.png'):
         assert (config.out_dir / name).is_file(), name
     model = load_checkpoint(config.out_dir / 'model.pt')
@@ -99,10 +100,11 @@ def test_stage1_loss_falls_and_files(tiny_scene: Path, tmp_path: Path):
 
 def test_reprojection_init_without_depth_reduces_error(tiny_scene: Path, tmp_path: Path):
     config = _config(tiny_scene, tmp_path / 'nodepth', stages=(Stage.COORDS,), use_depth=False,
-                     coords=CoordStageConfig(budget=Budget(iterations=100),
-                                             lr=LrSchedule(2e-3), batch_size=4))
+                     max_frames=4,
+                     coords=CoordStageConfig(budget=Budget(iterations=80), batch_size=4,
+                                             lr=LrSchedule(5e-3, Schedule.CONSTANT)))
     train(config)
-    data = load_training_set(tiny_scene, 'train', use_depth=False)
+    data = load_training_set(tiny_scene, 'train', use_depth=False, max_frames=4)
     assert data.coords_b3hw is None
     net = load_checkpoint(config.out_dir / 'checkpoint.pt').coord_net
     fresh = SceneCoordinateNet(SMALL_NET)
@@ -135,15 +137,16 @@ def test_score_samples_straddle_threshold():
     T_h = perturb_poses(T, g)
     target = score_targets(T_h, T, beta=10.0)
     within = (target > -50.0).float().mean()  # pose loss < 5 (deg / cm)
-    assert 0.2 < float(within) < 0.6
+    assert 0.35 < float(within) < 0.7
     assert float(target.min()) > -10 * 31
 
 
 def test_stage2_loss_falls(tiny_scene: Path, tmp_path: Path):
     out = tmp_path / 'score'
-    train(_config(tiny_scene, out, stages=(Stage.COORDS,),
-                  coords=CoordStageConfig(budget=Budget(iterations=60), batch_size=4)))
-    config = _config(tiny_scene, out, stages=(Stage.COORDS, Stage.SCORE),
+    train(_config(tiny_scene, out, stages=(Stage.COORDS,), max_frames=4,
+                  coords=CoordStageConfig(budget=Budget(iterations=60), batch_size=4,
+                                          lr=LrSchedule(5e-3, Schedule.CONSTANT))))
+    config = _config(tiny_scene, out, stages=(Stage.COORDS, Stage.SCORE), max_frames=4,
                      score=ScoreStageConfig(budget=Budget(iterations=60), batch_size=32,
                                             lr=LrSchedule(3e-3)))
     result = train(config)
@@ -155,7 +158,7 @@ def test_stage2_loss_falls(tiny_scene: Path, tmp_path: Path):
     model = load_checkpoint(out / 'model.pt')
     assert model.score_net is not None
     # The trained score net prefers poses near the ground truth (higher score).
-    data = load_training_set(tiny_scene, 'train', max_frames=8)
+    data = load_training_set(tiny_scene, 'train', max_frames=4)
     with torch.no_grad():
         coords = model.coord_net(data.images_b3hw.float() / 255)
     g = torch.Generator().manual_seed(1)
@@ -221,8 +224,8 @@ def test_e2e_gradients_reach_both_networks(tiny_scene: Path, selection: Selectio
 
 def test_e2e_stage_runs_and_logs(tiny_scene: Path, tmp_path: Path):
     out = tmp_path / 'e2e'
-    config = _config(tiny_scene, out,
-                     coords=CoordStageConfig(budget=Budget(iterations=40), batch_size=4),
+    config = _config(tiny_scene, out, max_frames=4,
+                     coords=CoordStageConfig(budget=Budget(iterations=20), batch_size=4),
                      score=ScoreStageConfig(budget=Budget(iterations=10), batch_size=16),
                      e2e=EndToEndStageConfig(budget=Budget(iterations=4), num_hypotheses=32,
                                              selection=Selection.SOFTAM))

@@ -134,7 +134,7 @@ class ScoreStageConfig:
     batch_size: int = 64
     beta: float = 10.0
     max_perturbation: float = 30.0  # largest rotation (deg) / translation (cm) perturbation
-    min_perturbation: float = 0.3
+    min_perturbation: float = 1.0
     output_scale: float = 100.0  # ScoreNetConfig.output_scale of a freshly built score net
 
 

@@ -82,13 +82,13 @@ def reprojection_init_loss(pred_b3hw: Tensor, T_cw_b44: Tensor, K_b33: Tensor,
 
 
 def perturb_poses(T_cw_b44: Tensor, generator: torch.Generator | None,
-                  min_magnitude: float = 0.3, max_magnitude: float = 30.0) -> Tensor:
+                  min_magnitude: float = 1.0, max_magnitude: float = 30.0) -> Tensor:
     """Poses around the ground truth for score regression, some within 5 deg / 5 cm, some
     beyond (paper Sec. 4.1).
 
     A magnitude m is drawn log-uniformly in [min, max]; the rotation error is m * U(0.3, 1)
     degrees about a random axis and the camera centre moves m * U(0.3, 1) centimetres in a
-    random direction. About a third of the poses fall within 5 deg / 5 cm.
+    random direction. With the defaults about half of the poses fall within 5 deg / 5 cm.
 
     T_cw_b44: (B, 4, 4) world-to-camera. Returns (B, 4, 4) world-to-camera, same dtype.
     """
