@@ -209,7 +209,7 @@ def test_e2e_gradients_reach_both_networks(tiny_scene: Path, selection: Selectio
     loss = end_to_end_loss(coord, score, images, data.K_33, data.T_cw_b44[:2], estimator,
                            grad_clamp=1e-3, generator=torch.Generator().manual_seed(0),
                            runtime=runtime)
-    assert torch.isfinite(loss) and float(loss) < 30.0
+    assert torch.isfinite(loss) and float(loss.detach()) > 0.0
     loss.backward()
     coord_grads = [p.grad for p in coord.parameters() if p.grad is not None]
     score_grads = [p.grad for p in score.parameters() if p.grad is not None]
