@@ -57,11 +57,12 @@ class BenchConfig:
     threads: int = 0
 
 
-def _frames(size: tuple[int, int], count: int):
-    """Rendered frames of the demo scene at ``size`` (width, height) with their K."""
-    from dsac_ros.data.synthetic import SyntheticRoom, SyntheticSceneConfig, trajectories
+def _frames(model: Path, size: tuple[int, int], count: int):
+    """Test frames of the model's synthetic scene rendered at ``size`` (width, height), with K."""
+    from dsac_ros.cli.demo import scene_config_for_model
+    from dsac_ros.data.synthetic import SyntheticRoom, trajectories
 
-    scene = SyntheticSceneConfig()
+    scene = scene_config_for_model(model)
     _, poses = trajectories(scene)
     room = SyntheticRoom(scene.seed, scene.room_size_m)
     sx, sy = size[0] / scene.width, size[1] / scene.height
@@ -79,7 +80,7 @@ def _frames(size: tuple[int, int], count: int):
 
 def run(config: BenchConfig, device: str, size: tuple[int, int]) -> dict[str, np.ndarray]:
     """Per-frame part timings (ms) for one device and input size."""
-    frames = _frames(size, config.frames)
+    frames = _frames(config.model_path, size, config.frames)
     context = rclpy.Context()
     rclpy.init(context=context)
     overrides = [rclpy.parameter.Parameter(k, value=v) for k, v in {

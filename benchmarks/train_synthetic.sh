@@ -10,7 +10,7 @@
 # Rerunning resumes / skips finished stages (each stage folder keeps its checkpoint).
 #
 # Usage: benchmarks/train_synthetic.sh [SCENE_DIR] [RUN_DIR]
-# Environment: COORD_MINUTES (30), SCORE_ITERS (600), E2E_MINUTES (3), THREADS (unset),
+# Environment: COORD_MINUTES (30), SCORE_ITERS (2000), E2E_MINUTES (3), THREADS (unset),
 #              DEVICE (auto), PYTHON (.venv/bin/python).
 set -euo pipefail
 
@@ -20,7 +20,7 @@ PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 SCENE="${1:-/tmp/dsac_synth}"
 RUNS="${2:-$ROOT/runs/synthetic}"
 COORD_MINUTES="${COORD_MINUTES:-30}"
-SCORE_ITERS="${SCORE_ITERS:-600}"
+SCORE_ITERS="${SCORE_ITERS:-2000}"
 E2E_MINUTES="${E2E_MINUTES:-3}"
 DEVICE="${DEVICE:-auto}"
 THREAD_ARGS=()

@@ -78,5 +78,7 @@ def test_resized_frames_keep_the_camera_geometry(scene_dir):  # noqa: F811
     point = np.array([[0.3, -0.2, 2.0]])
     p_small, _ = cv2.projectPoints(point, np.zeros(3), np.zeros(3), small.K, None)
     p_big, _ = cv2.projectPoints(point, np.zeros(3), np.zeros(3), big.K, None)
-    np.testing.assert_allclose((p_big.ravel() + 0.5) / 2.0 - 0.5, p_small.ravel(), atol=1e-9)
+    scale = 640 / small.image_rgb.shape[1]
+    assert 480 / small.image_rgb.shape[0] == scale
+    np.testing.assert_allclose((p_big.ravel() + 0.5) / scale - 0.5, p_small.ravel(), atol=1e-9)
     assert big.image_rgb.shape == (480, 640, 3)

@@ -77,8 +77,9 @@ def package_config_file() -> Path:
 def scene_config_for_model(model_path: Path):
     """The SyntheticSceneConfig the model was trained on.
 
-    Reads the checkpoint metadata: 'scene_config' (JSON of the config) or 'scene_seed'; the
-    default SyntheticSceneConfig when neither is stored.
+    From the checkpoint metadata, first found: 'scene_config' (JSON of the config),
+    'scene_seed', or 'scene' naming a scene folder that holds scene_config.json (as
+    generate_scene writes it); the default SyntheticSceneConfig otherwise.
     """
     from dsac_ros.data.synthetic import SyntheticSceneConfig
     from dsac_ros.models.checkpoint import read_checkpoint_dict
@@ -86,6 +87,10 @@ def scene_config_for_model(model_path: Path):
     metadata = dict(read_checkpoint_dict(model_path).get('metadata') or {})
     known = {f.name for f in fields(SyntheticSceneConfig)}
     raw = metadata.get('scene_config')
+    scene_file = Path(str(metadata.get('scene', ''))) / 'scene_config.json'
+    if not raw and 'scene_seed' not in metadata and metadata.get('scene') and \
+            scene_file.is_file():
+        raw = scene_file.read_text()
     if raw:
         values = json.loads(raw) if isinstance(raw, str) else dict(raw)
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()

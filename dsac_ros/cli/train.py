@@ -25,6 +25,7 @@ import time
 
 from dsac_ros.dsac import Selection
 from dsac_ros.models.checkpoint import CheckpointError
+from dsac_ros.models.scene_coordinate_net import SceneCoordinateNetConfig
 from dsac_ros.training.config import Precision, Preset, Stage, preset_config, with_budget
 
 _LOG = logging.getLogger('dsac_train')
@@ -52,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--device', default='auto', help="'auto', 'cpu', 'cuda' or 'cuda:N'")
     p.add_argument('--precision', choices=[x.value for x in Precision], default='auto')
+    p.add_argument('--coord-net', choices=['default', 'small'], default='default',
+                   help='architecture of a new coordinate net (small: tests, quick looks)')
     p.add_argument('--init', type=Path, help='start the networks from this checkpoint')
     p.add_argument('--no-depth', action='store_true',
                    help='ignore depth: reprojection initialisation from poses only')
@@ -101,7 +104,9 @@ def config_from_args(args: argparse.Namespace, scene: Path):
                            init_checkpoint=args.init, checkpoint_every=args.checkpoint_every,
                            checkpoint_seconds=args.checkpoint_seconds,
                            log_every=args.log_every, threads=args.threads,
-                           progress_bar=not args.no_progress)
+                           progress_bar=not args.no_progress,
+                           coord_net=(SceneCoordinateNetConfig.small() if args.coord_net == 'small'
+                                      else SceneCoordinateNetConfig()))
     e2e = replace(config.e2e, selection=Selection(args.selection))
     if args.e2e_frames:
         e2e = replace(e2e, frames_per_step=args.e2e_frames)

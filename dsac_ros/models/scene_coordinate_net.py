@@ -1,7 +1,7 @@
 """Coordinate CNN: a fully convolutional scene coordinate regressor with output stride 8.
 
 The paper used a 33 M parameter VGG net on 42x42 patches. We use a compact residual FCN sized
-for CPU training (about 1 M parameters, receptive field ~150 px at 320x240): three strided 3x3
+for CPU training (about 1.4 M parameters, receptive field ~150 px at 320x240): three strided 3x3
 stages take the image to 1/8 resolution, a few residual blocks (the later ones dilated, which
 widens the receptive field at no cost in resolution) mix context, and a 1x1 MLP head predicts
 an offset that is added to the scene mean (a buffer saved with the checkpoint). Predicting
@@ -41,6 +41,11 @@ class SceneCoordinateNetConfig:
     dilations: tuple[int, ...] = (1, 2, 4, 1)
     head_width: int = 256
     norm: Norm = Norm.BATCH
+
+    @classmethod
+    def small(cls) -> SceneCoordinateNetConfig:
+        """A ~50 k parameter variant for tests and quick experiments."""
+        return cls(stem_widths=(8, 16, 32), num_blocks=2, dilations=(1, 2), head_width=64)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -76,7 +76,8 @@ from dsac_ros.ros.tf_broadcaster import TransformBroadcaster
 
 NODE_NAME = 'relocalize_node'
 DIAGNOSTIC_NAME = 'dsac_ros: relocalization'
-_ESTIMATOR_PARAMS = ('num_hypotheses', 'inlier_threshold_px', 'refinement_steps', 'min_inliers')
+_ESTIMATOR_PARAMS = ('selection', 'num_hypotheses', 'inlier_threshold_px', 'refinement_steps',
+                     'min_inliers')
 _WARN_PERIOD_S = 5.0
 
 
@@ -108,7 +109,7 @@ def estimator_config(settings: NodeSettings, base=None):
     from dsac_ros.dsac.config import EstimatorConfig
 
     base = base if base is not None else EstimatorConfig()
-    return replace(base, num_hypotheses=settings.num_hypotheses,
+    return replace(base, selection=settings.selection, num_hypotheses=settings.num_hypotheses,
                    inlier_threshold_px=settings.inlier_threshold_px,
                    refinement_steps=settings.refinement_steps,
                    min_inliers_for_pose=min(base.min_inliers_for_pose, settings.min_inliers),
@@ -134,7 +135,7 @@ def load_relocalizer(settings: NodeSettings, logger=None):
         raise FileNotFoundError(f'model file {path} does not exist{hint}')
     device = resolve_device(settings.device, logger)
     config = RelocalizerConfig(device=device, estimator=estimator_config(settings),
-                               seed=settings.seed)
+                               use_score_net=settings.use_score_net, seed=settings.seed)
     relocalizer = Relocalizer.from_checkpoint(path, config)
     if logger is not None:
         logger.info(f'loaded model {path} on {device}')

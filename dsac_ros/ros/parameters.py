@@ -48,6 +48,8 @@ class NodeSettings:
     map_frame: str = 'map'
     camera_frame: str = ''
     publish_tf: bool = True
+    use_score_net: bool = False
+    selection: str = 'ransac'
     num_hypotheses: int = 256
     inlier_threshold_px: float = 10.0
     refinement_steps: int = 8
@@ -96,6 +98,12 @@ PARAMETER_SPECS: dict[str, ParameterSpec] = {
     'camera_frame': ParameterSpec(
         'TF child frame (optical frame, OpenCV axes); empty: the image header frame_id.'),
     'publish_tf': ParameterSpec('Broadcast map_frame -> camera_frame on /tf.'),
+    'use_score_net': ParameterSpec(
+        "Score hypotheses with the checkpoint's score CNN (when it has one); false: soft "
+        'inlier count.', read_only=True),
+    'selection': ParameterSpec(
+        "Hypothesis selection: 'ransac' (argmax score), 'softam' (score-weighted average) or "
+        "'dsac' (sampled from the score softmax).", choices=('ransac', 'softam', 'dsac')),
     'num_hypotheses': ParameterSpec('Pose hypotheses sampled per frame (RANSAC pool size).',
                                     min_value=1, max_value=4096),
     'inlier_threshold_px': ParameterSpec('Reprojection error below which a cell is an inlier, '

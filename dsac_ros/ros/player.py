@@ -151,15 +151,21 @@ def _play(node, frames: list[SequenceFrame], config: PlayerConfig) -> int:
         image, info = images[index], infos[index]
         ns_to_stamp(stamp_ns, image.header.stamp)
         info.header.stamp = image.header.stamp
-        info_pub.publish(info)
-        image_pub.publish(image)
+        try:
+            info_pub.publish(info)
+            image_pub.publish(image)
+        except Exception:
+            if rclpy.ok():
+                raise
+            break  # SIGINT/SIGTERM shut the context down between the check and the publish
         records.append({'stamp_ns': stamp_ns, 'name': frames[index].name,
                         'T_wc': frames[index].T_wc.tolist()})
         sent += 1
     elapsed = time.monotonic() - start
-    node.get_logger().info(f'published {sent} frames in {elapsed:.1f} s')
     if config.gt_out is not None:
         _write_json(config.gt_out, {'frame_id': config.frame_id, 'frames': records})
+    if rclpy.ok():
+        node.get_logger().info(f'published {sent} frames in {elapsed:.1f} s')
     return sent
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dsac_ros.geometry.camera import cell_centers
+from dsac_ros.data.seven_scenes import SceneDataset, scene_coordinates_from_depth
 
 _LOG = logging.getLogger(__name__)
 
@@ -58,26 +58,6 @@ class TrainingSet:
         return ahead.mean(dim=0).float()
 
 
-def coords_from_depth(depth_m_hw: np.ndarray, K_depth_33: np.ndarray, T_wc_44: np.ndarray,
-                      stride: int = 8) -> np.ndarray:
-    """Scene coordinates at the cell centres from a depth image registered to colour.
-
-    Private fallback for ``dsac_ros.data.scene_coordinates_from_depth`` (used only while that
-    is missing; TO REMOVE once data lands). Returns (3, H/stride, W/stride) float32, NaN where
-    the depth is invalid.
-    """
-    h, w = depth_m_hw.shape
-    centers = cell_centers(h // stride, w // stride, stride, dtype=torch.float64).numpy()
-    u, v = centers[0], centers[1]
-    d = depth_m_hw[v.astype(int), u.astype(int)].astype(np.float64)
-    x = (u - K_depth_33[0, 2]) / K_depth_33[0, 0] * d
-    y = (v - K_depth_33[1, 2]) / K_depth_33[1, 1] * d
-    cam = np.stack([x, y, d], 0).reshape(3, -1)
-    world = T_wc_44[:3, :3] @ cam + T_wc_44[:3, 3:4]
-    world[:, ~(np.isfinite(d.ravel()) & (d.ravel() > 0))] = np.nan
-    return world.reshape(3, h // stride, w // stride).astype(np.float32)
-
-
 def load_training_set(root: str | Path, split: str = 'train', stride: int = 8,
                       use_depth: bool = True, max_frames: int | None = None) -> TrainingSet:
     """Read a 7-Scenes-layout scene split into memory.
@@ -85,12 +65,7 @@ def load_training_set(root: str | Path, split: str = 'train', stride: int = 8,
     Images must all have one size (a multiple of ``stride``). With ``use_depth`` False (or no
     depth in the scene) ``coords_b3hw`` is None.
     """
-    from dsac_ros.data.seven_scenes import SceneDataset
-    try:
-        from dsac_ros.data.seven_scenes import scene_coordinates_from_depth as _coords
-    except ImportError:  # pragma: no cover - fallback while data is in flux
-        _coords = coords_from_depth
-    dataset = SceneDataset(root, split=split)
+    dataset = SceneDataset(root, split=split, load_depth=use_depth)
     n = len(dataset)
     if n == 0:
         raise ValueError(f'scene {root} has no {split} frames')
@@ -117,9 +92,10 @@ def load_training_set(root: str | Path, split: str = 'train', stride: int = 8,
         T_wc = np.asarray(frame.T_wc, np.float64)
         poses.append(torch.from_numpy(np.linalg.inv(T_wc)))
         names.append(frame.name)
-        if have_depth and frame.depth_m is not None:
+        if have_depth and frame.depth_m is not None:  # depth registered to colour
             K_depth = frame.K_depth if frame.K_depth is not None else frame.K
-            coords.append(torch.from_numpy(_coords(frame.depth_m, K_depth, T_wc, stride)))
+            coords_3hw = scene_coordinates_from_depth(frame.depth_m, K_depth, T_wc, stride)
+            coords.append(torch.from_numpy(coords_3hw))
         else:
             have_depth = False
     if not have_depth and use_depth:

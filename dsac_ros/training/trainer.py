@@ -37,7 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 from dsac_ros.dsac import EstimatorConfig, expected_pose_loss
 from dsac_ros.geometry.camera import cell_centers
 from dsac_ros.geometry.scoring import reprojection_errors
-from dsac_ros.models.checkpoint import load_checkpoint, read_checkpoint_dict, save_checkpoint
+from dsac_ros.models.checkpoint import load_checkpoint, save_checkpoint
 from dsac_ros.models.scene_coordinate_net import SceneCoordinateNet
 from dsac_ros.models.score_net import ScoreNet, ScoreNetConfig
 from dsac_ros.training.config import Budget, LrSchedule, Stage, TrainConfig
@@ -88,6 +88,7 @@ class TrainResult:
     steps: dict[str, int] = field(default_factory=dict)
     resumed_from: dict[str, int] = field(default_factory=dict)
     final_loss: dict[str, float] = field(default_factory=dict)
+    validation: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -176,7 +177,7 @@ def _open_session(config: TrainConfig, runtime: Runtime) -> _Session:
     completed: list[str] = []
     if ckpt_path.exists():
         loaded = load_checkpoint(ckpt_path)
-        training = read_checkpoint_dict(ckpt_path).get('training') or {}
+        training = loaded.training or {}
         completed = [str(s) for s in training.get('completed', [])]
         if training.get('stage') is not None:
             resume = training
@@ -305,7 +306,9 @@ def _loop(session: _Session, stage: Stage, budget: Budget, optims: list[_Optim],
             elapsed += now - t_last
             t_last = now
             if runtime.distributed:  # one clock for all ranks: same schedule, same stop
-                t = torch.tensor([elapsed], dtype=torch.float64)
+                t = torch.tensor([elapsed], dtype=torch.float64,
+                                 device=runtime.device if runtime.device.type == 'cuda'
+                                 else 'cpu')  # nccl reduces CUDA tensors only
                 dist.all_reduce(t, op=dist.ReduceOp.MAX)
                 elapsed = float(t.item())
             for k, v in metrics.items():
@@ -395,6 +398,8 @@ def _metadata(session: _Session) -> dict[str, Any]:
             'stages_completed': ','.join(session.completed), 'seed': session.config.seed}
     if Stage.E2E.value in session.completed:
         meta['e2e_selection'] = session.config.e2e.selection.value
+    if session.result is not None:
+        meta.update(session.result.validation)
     meta.update(session.config.metadata)
     return meta
 
@@ -472,6 +477,9 @@ def _train_coords(session: _Session) -> None:
     generator = _stage_generator(session, Stage.COORDS)
     has_depth = data.coords_b3hw is not None
     K = data.K_33.to(runtime.device, torch.float32)
+    # fp16 autocast (older GPUs) needs loss scaling against gradient underflow; bf16 does not.
+    scaler = torch.amp.GradScaler(runtime.device.type,
+                                  enabled=runtime.amp_dtype == torch.float16)
     _LOG.info('stage coords on rank %d/%d: %d of %d frames (%s), %s, autocast %s, budget %s',
               runtime.rank, runtime.world_size, len(session.shard), len(data),
               'depth targets' if has_depth else 'no depth: reprojection init',
@@ -497,13 +505,37 @@ def _train_coords(session: _Session) -> None:
                                                depth_prior_m=cfg.depth_prior_m)
             aux = float(err.median())
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         return {'loss': float(loss.detach()), 'aux': aux}
 
     _loop(session, Stage.COORDS, cfg.budget, [_Optim('coord', optimizer, cfg.lr)], generator,
           step_fn)
     net.eval()
+    if runtime.is_main and has_depth:
+        _validate_coords(session)
+
+
+def _validate_coords(session: _Session, max_frames: int = 50) -> None:
+    """Log the median coordinate error (m) on up to ``max_frames`` test frames, if any."""
+    try:
+        test = load_training_set(session.config.scene, 'test', max_frames=max_frames)
+    except (ValueError, FileNotFoundError) as exc:
+        _LOG.info('no test split to validate on (%s)', exc)
+        return
+    if test.coords_b3hw is None or test.image_size != session.data.image_size:
+        return
+    pred = predict_coordinates(session.coord_net, test.images_b3hw, session.runtime,
+                               channels_last=session.config.channels_last).cpu()
+    dist_m = (pred - test.coords_b3hw).norm(dim=1)
+    dist_m = dist_m[torch.isfinite(dist_m)]
+    median = float(dist_m.median())
+    within = float((dist_m < 0.1).float().mean())
+    session.result.validation['coords_test_median_m'] = median
+    session.result.validation['coords_test_within_10cm'] = within
+    _LOG.info('coordinates on %d test frames: median error %.3f m, %.1f %% within 10 cm',
+              len(test), median, 100 * within)
 
 
 # ----------------------------------------------------------------------------------------
@@ -606,7 +638,9 @@ def end_to_end_loss(coord_net: SceneCoordinateNet, score_net: ScoreNet | None,
     images_b3hw: (B, 3, H, W) in [0, 1]; K_33 (3, 3) pixels; T_cw_gt_b44 (B, 4, 4)
     world-to-camera. Gradients entering either network are clamped to +- grad_clamp.
     """
-    ctx = runtime.autocast() if runtime is not None else contextlib.nullcontext()
+    # bf16 autocast only: fp16 gradients of the pose loss would need loss scaling.
+    use_amp = runtime is not None and runtime.amp_dtype == torch.bfloat16
+    ctx = runtime.autocast() if use_amp else contextlib.nullcontext()
     with ctx:
         pred = coord_net(images_b3hw)
     pred = pred.float()
