@@ -7,8 +7,7 @@ The node subscribes to the ``image`` and ``camera_info`` names given in the YAML
 image_topic / camera_info_topic arguments remap them to the camera's topics.
 """
 
-# ruff takes `launch` for first-party (the launch/ folder of this repo): keep the usual order.
-import os  # noqa: I001
+import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription

@@ -77,10 +77,9 @@ def test_launch_file_declares_the_standard_arguments():
 def test_launch_file_starts_the_node(ros_env, model_path, monkeypatch):  # noqa: F811
     """Runs the launch file with launch_ros (skipped where launch_ros is not installed)."""
     pytest.importorskip('launch_ros')
+    from launch import LaunchDescription, LaunchService
     from launch.actions import IncludeLaunchDescription
     from launch.launch_description_sources import PythonLaunchDescriptionSource
-
-    from launch import LaunchDescription, LaunchService
 
     env = own_domain(ros_env)
     for key, value in env.items():

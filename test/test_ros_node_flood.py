@@ -58,6 +58,8 @@ def test_flood_drops_frames_without_queueing_or_growing(ros_env, model_path,  # 
             client.close()
         assert procs.stop(node) == 0, node.log()
 
+    print(f'flood: sent {sent}, node {final}, RSS warm {rss_warm / 2**20:.1f} MiB -> end '
+          f'{rss_end / 2**20:.1f} MiB')
     received = int(final['frames_received'])
     processed, dropped = int(final['frames_processed']), int(final['frames_dropped'])
     assert received >= 0.8 * sent, (sent, final)
@@ -66,6 +68,8 @@ def test_flood_drops_frames_without_queueing_or_growing(ros_env, model_path,  # 
     assert received - 1 <= processed + dropped + int(final['frames_rejected']) <= received
     # Bounded latency: a queue of 60 Hz frames behind a slower model would add seconds.
     latencies = [float(d['stamp_to_publish_ms']) for d in history if 'stamp_to_publish_ms' in d]
+    print(f'flood: stamp -> publish after warm-up: max {max(latencies):.0f} ms, median '
+          f'{np.median(latencies):.0f} ms')
     assert latencies and max(latencies) < 1500.0, latencies
     # No memory growth after warm-up (a frame queue would hold ~1 MB per frame).
     assert rss_end - rss_warm < 40 * 2**20, (rss_warm, rss_end)

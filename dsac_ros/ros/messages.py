@@ -75,12 +75,6 @@ def rgb_to_image_msg(image_rgb_hw3: np.ndarray, frame_id: str = '') -> Image:
     return msg
 
 
-def check_finite(image: np.ndarray) -> None:
-    """Raises ValueError when a float image holds NaN or infinity."""
-    if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
-        raise ValueError('image holds NaN or infinite values')
-
-
 # ---------------------------------------------------------------------------------------------
 # Camera calibration
 

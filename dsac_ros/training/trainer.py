@@ -400,6 +400,10 @@ def _metadata(session: _Session) -> dict[str, Any]:
         meta['e2e_selection'] = session.config.e2e.selection.value
     if session.result is not None:
         meta.update(session.result.validation)
+    # A synthetic scene's recipe travels with the model, so the demo can re-render its test loop.
+    scene_config = Path(session.config.scene) / 'scene_config.json'
+    if scene_config.is_file():
+        meta['scene_config'] = scene_config.read_text()
     meta.update(session.config.metadata)
     return meta
 
