@@ -51,7 +51,7 @@ class NodeSettings:
     use_score_net: bool = False
     selection: str = 'ransac'
     num_hypotheses: int = 256
-    inlier_threshold_px: float = 10.0
+    inlier_threshold_px: float = 5.0  # 10 px at 640x480 = 5 px at the 320x240 demo model
     refinement_steps: int = 8
     min_inliers: int = 50
     max_rate_hz: float = 0.0
