@@ -44,14 +44,13 @@ import enum
 import logging
 import math
 from pathlib import Path
-import shutil
-import tempfile
 from typing import Any, Callable, Iterable
 
 import cv2
 import numpy as np
 
 from dsac_ros.data import image_codec
+from dsac_ros.data.atomic import atomic_directory
 from dsac_ros.data.seven_scenes import SceneDataset
 from dsac_ros.data.synthetic import write_frame, write_intrinsics_json
 
@@ -492,17 +491,9 @@ def extract_bag(bag_path: str | Path, out_dir: str | Path, config: BagExtraction
             best = [s for s in best if abs(s - stamp) <= tolerance_ns]
             return min(best, key=lambda s: abs(s - stamp)) if best else None
 
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f'.{out.name}.tmp-', dir=out.parent))
-        try:
+        with atomic_directory(out) as tmp:
             summary = _write_frames(reader, tmp, out, config, K, camera_size, pose_at,
                                     nearest_depth, progress)
-            if out.exists():
-                out.rmdir()
-            tmp.rename(out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     finally:
         reader.close()
     LOGGER.info('%s', summary)

@@ -26,12 +26,12 @@ import json
 import logging
 import math
 from pathlib import Path
-import shutil
-import tempfile
 from typing import Callable
 
 import cv2
 import numpy as np
+
+from dsac_ros.data.atomic import atomic_directory
 
 LOGGER = logging.getLogger(__name__)
 
@@ -530,12 +530,10 @@ def generate_scene(out_dir: str | Path, config: SyntheticSceneConfig = Synthetic
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise ValueError(f'output folder {out} exists and is not empty')
-    out.parent.mkdir(parents=True, exist_ok=True)
     room = SyntheticRoom(config.seed, config.room_size_m)
     train, test = trajectories(config)
     K = config.K
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{out.name}.tmp-', dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         sequences = train + [test]
         for s, poses in enumerate(sequences):
             seq_dir = tmp / f'seq-{s + 1:02d}'
@@ -552,12 +550,6 @@ def generate_scene(out_dir: str | Path, config: SyntheticSceneConfig = Synthetic
         write_intrinsics_json(tmp / 'intrinsics.json', K, config.width, config.height)
         cfg = asdict(config)
         (tmp / 'scene_config.json').write_text(json.dumps(cfg, indent=2) + '\n')
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     LOGGER.info('wrote synthetic scene to %s (%d train, %d test frames)', out,
                 config.train_frames, config.test_frames)
     return out

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from dsac_ros.geometry.camera import check_intrinsics
+from dsac_ros.geometry.transforms import _check as _check_tail
 from dsac_ros.geometry.transforms import se3_exp
 
 __all__ = ['pnp_information', 'refine_pnp', 'solve_p4p']
@@ -44,16 +45,6 @@ _MAX_ROTATION_ERROR = 1e-6
 
 def _eps(dtype: torch.dtype) -> float:
     return float(torch.finfo(dtype).eps)
-
-
-def _check_tail(x: Tensor, tail: tuple[int, ...], name: str) -> None:
-    if not isinstance(x, Tensor):
-        raise ValueError(f'{name} must be a torch.Tensor, got {type(x).__name__}')
-    if x.dim() < len(tail) or tuple(x.shape[-len(tail):]) != tail:
-        shape = ', '.join(str(t) for t in tail)
-        raise ValueError(f'{name} must have shape (..., {shape}), got {tuple(x.shape)}')
-    if not x.is_floating_point():
-        raise ValueError(f'{name} must be a floating tensor, got {x.dtype}')
 
 
 # ----------------------------------------------------------------------------------------------
