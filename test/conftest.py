@@ -12,7 +12,9 @@ from pathlib import Path
 import shutil
 import sys
 
+import cv2
 import pytest
+import torch
 
 from dsac_ros.ros.dds_env import loopback_dds_env
 
@@ -31,6 +33,10 @@ _SHM_BEFORE = pytest.StashKey[set]()
 
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.update(loopback_dds_env())  # ROS_HOME: a fresh temporary folder
+    # Tests are small: one thread each avoids oversubscribing CI's 2 cores, where the ROS and
+    # training tests also run child processes.
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
     config.stash[_SHM_BEFORE] = _fastdds_shm_files()
 
 

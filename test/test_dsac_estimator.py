@@ -11,9 +11,6 @@ from dsac_ros.dsac import DsacEstimator, EstimatorConfig, PoseEstimate, Selectio
 from dsac_ros.dsac.synthetic import CorrespondenceCaseConfig, make_correspondence_case
 from dsac_ros.geometry.transforms import pose_errors, se3_exp
 
-torch.set_num_threads(1)
-cv2.setNumThreads(1)
-
 
 def _opencv_pose(case, b, iterations, threshold_px=10.0):
     """cv2.solvePnPRansac (+ iterative refinement on its inliers): T_cw (4, 4) float64."""

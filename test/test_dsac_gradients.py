@@ -8,8 +8,6 @@ from dsac_ros.dsac import DsacEstimator, EstimatorConfig, Selection, expected_po
 from dsac_ros.dsac.synthetic import CorrespondenceCaseConfig, make_correspondence_case
 from dsac_ros.geometry.transforms import pose_loss
 
-torch.set_num_threads(1)
-
 
 class TinyScore(nn.Module):
     """A minimal learned score: conv on the error image, pooled: (B, N, H, W) -> (B, N)."""

@@ -8,8 +8,6 @@ import torch
 from dsac_ros.dsac.config import EstimatorConfig, Selection
 from dsac_ros.dsac.sampling import sample_minimal_sets
 
-torch.set_num_threads(1)
-
 
 def _generator(seed):
     g = torch.Generator()

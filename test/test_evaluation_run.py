@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pytest
 from test_relocalizer import SCENE, oracle_relocalizer, tiny_checkpoint
-import torch
 
 from dsac_ros.data.seven_scenes import SceneDataset
 from dsac_ros.data.synthetic import generate_scene
@@ -21,8 +20,6 @@ from dsac_ros.evaluation.report import (
     write_report,
 )
 from dsac_ros.evaluation.run import EvaluationConfig, evaluate, frame_indices
-
-torch.set_num_threads(1)
 
 
 @pytest.fixture(scope='module')

@@ -17,14 +17,6 @@ F64 = torch.float64
 K_NP = np.array([[585.0, 0.0, 316.5], [0.0, 540.0, 247.25], [0.0, 0.0, 1.0]])
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _few_threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 # ---------------------------------------------------------------------------------- kabsch
 
 

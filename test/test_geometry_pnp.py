@@ -15,14 +15,6 @@ K_SQUARE = np.array([[525.0, 0.0, 320.0], [0.0, 525.0, 240.0], [0.0, 0.0, 1.0]])
 K_NONSQUARE = np.array([[585.0, 0.0, 316.5], [0.0, 540.0, 247.25], [0.0, 0.0, 1.0]])
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _few_threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _random_pose_cv(rng) -> tuple[np.ndarray, np.ndarray]:
     rvec = rng.normal(size=3)
     rvec *= rng.uniform(0, np.pi) / np.linalg.norm(rvec)

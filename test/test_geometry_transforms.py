@@ -37,14 +37,6 @@ from dsac_ros.geometry.transforms import (
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _few_threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _random_axis_angles(n: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     axis = torch.randn(n, 3, generator=g, dtype=F64)

@@ -17,8 +17,6 @@ from dsac_ros.models.checkpoint import (
 from dsac_ros.models.scene_coordinate_net import SceneCoordinateNet, SceneCoordinateNetConfig
 from dsac_ros.models.score_net import ScoreNet, ScoreNetConfig
 
-torch.set_num_threads(1)
-
 K = torch.tensor([[60.0, 0.0, 40.0], [0.0, 60.0, 32.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
 SIZE = (64, 80)
 

@@ -31,8 +31,6 @@ from dsac_ros.relocalizer import (
     scale_intrinsics_np,
 )
 
-torch.set_num_threads(1)
-
 SCENE = SyntheticSceneConfig(seed=3, width=160, height=120, fx=130.0, fy=130.0, cx=79.0,
                              cy=61.5, train_frames=3, test_frames=3)
 FAST = EstimatorConfig(num_hypotheses=64)

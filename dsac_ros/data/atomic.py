@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+import json
+import os
 from pathlib import Path
 import shutil
 import tempfile
@@ -26,3 +28,13 @@ def atomic_directory(out: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def write_json_atomic(path: Path, payload: object) -> None:
+    """Write ``payload`` as JSON through a temporary file and a rename: readers (a test, the
+    demo) never see a half-written file, even if the writer is killed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f'.{path.name}.tmp')
+    tmp.write_text(json.dumps(payload))
+    os.replace(tmp, path)

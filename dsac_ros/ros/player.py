@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-import json
-import os
 from pathlib import Path
 import sys
 import time
@@ -26,6 +24,7 @@ import rclpy
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
 
+from dsac_ros.data.atomic import write_json_atomic
 from dsac_ros.data.seven_scenes import SceneDataset
 from dsac_ros.ros.messages import intrinsics_to_camera_info, ns_to_stamp, rgb_to_image_msg
 
@@ -163,18 +162,10 @@ def _play(node, frames: list[SequenceFrame], config: PlayerConfig) -> int:
         sent += 1
     elapsed = time.monotonic() - start
     if config.gt_out is not None:
-        _write_json(config.gt_out, {'frame_id': config.frame_id, 'frames': records})
+        write_json_atomic(config.gt_out, {'frame_id': config.frame_id, 'frames': records})
     if rclpy.ok():
         node.get_logger().info(f'published {sent} frames in {elapsed:.1f} s')
     return sent
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.tmp')
-    tmp.write_text(json.dumps(payload))
-    os.replace(tmp, path)
 
 
 def _size(text: str) -> tuple[int, int]:

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-import json
-import os
 from pathlib import Path
 import sys
 import time
@@ -26,6 +24,7 @@ from geometry_msgs.msg import PoseStamped
 import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
+from dsac_ros.data.atomic import write_json_atomic
 from dsac_ros.ros.messages import diagnostic_values, pose_msg_to_matrix, stamp_to_ns
 
 
@@ -94,18 +93,10 @@ def record(config: RecorderConfig) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        _write_json(config.out_path, recorder.payload())
+        write_json_atomic(config.out_path, recorder.payload())
         executor.shutdown()
         node.destroy_node()
     return len(recorder.poses)
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.tmp')
-    tmp.write_text(json.dumps(payload))
-    os.replace(tmp, path)
 
 
 def parse_args(argv: list[str] | None = None) -> RecorderConfig:
