@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dsac_ros.device import bf16_supported, check_device_name, resolve_device
 from dsac_ros.dsac import DsacEstimator, EstimatorConfig, PoseEstimate, Selection
 from dsac_ros.models.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 
@@ -44,7 +45,6 @@ __all__ = [
     'Prediction',
     'Relocalizer',
     'RelocalizerConfig',
-    'resolve_device',
     'scale_intrinsics_np',
 ]
 
@@ -98,9 +98,7 @@ class RelocalizerConfig:
         if not isinstance(self.estimator, EstimatorConfig):
             raise ValueError('estimator must be an EstimatorConfig, got '
                              f'{type(self.estimator).__name__}')
-        device = str(self.device)
-        if device not in ('auto', 'cpu') and not device.startswith('cuda'):
-            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
+        check_device_name(self.device)
 
 
 @dataclass(frozen=True)
@@ -147,17 +145,6 @@ class Prediction:
     timings: dict[str, float]
 
 
-def resolve_device(device: str) -> torch.device:
-    """'auto' -> CUDA when available else CPU; 'cuda[:N]' without CUDA -> CPU + warning."""
-    device = str(device)
-    if device == 'auto':
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    if device.startswith('cuda') and not torch.cuda.is_available():
-        LOGGER.warning('device %r requested but CUDA is not available: using the CPU', device)
-        return torch.device('cpu')
-    return torch.device(device)
-
-
 def scale_intrinsics_np(K_33: np.ndarray, sx: float, sy: float) -> np.ndarray:
     """K of an image resized by (sx, sy), OpenCV pixel-centre convention (float64 numpy).
 
@@ -199,15 +186,6 @@ def _check_K(K_33, name: str = 'K_33') -> np.ndarray:
         raise ValueError(f'{name} must be upper triangular with last row (0, 0, 1), got '
                          f'{K.tolist()}')
     return K
-
-
-def _cpu_bf16_native() -> bool:
-    """True when the CPU runs bf16 convolutions natively (else bf16 is slower than float32)."""
-    try:
-        from dsac_ros.training.runtime import cpu_bf16_supported
-    except ImportError:
-        return False
-    return cpu_bf16_supported()
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:
@@ -261,10 +239,10 @@ class Relocalizer:
         if precision is NetworkPrecision.BFLOAT16:
             return True
         if self.device.type == 'cuda':
-            return torch.cuda.is_bf16_supported()
+            return bf16_supported(self.device)
         trained = ' '.join(str(self.metadata.get(k, '')).lower()
                            for k in ('precision', 'amp_dtype', 'autocast'))
-        return ('bf16' in trained or 'bfloat16' in trained) and _cpu_bf16_native()
+        return ('bf16' in trained or 'bfloat16' in trained) and bf16_supported(self.device)
 
     def _make_estimator(self, config: EstimatorConfig) -> DsacEstimator:
         score_fn = None

@@ -220,23 +220,3 @@ def test_pipeline_undistorts_and_passes_camera_k():
     n = len(reloc.calls)
     bad = pipeline.process(messages.rgb_to_image_msg(rgb[:120, :160].copy()), info)
     assert bad.localization is None and '160x120' in bad.error and len(reloc.calls) == n
-
-
-def test_cuda_request_falls_back_to_cpu_with_warning():
-    import torch
-
-    from dsac_ros.ros.node import resolve_device
-
-    class Logger:
-        warnings: list[str] = []
-
-        def warning(self, text):
-            self.warnings.append(text)
-
-    logger = Logger()
-    device = resolve_device('cuda', logger)
-    if torch.cuda.is_available():
-        assert device == 'cuda' and not logger.warnings
-    else:
-        assert device == 'cpu' and 'CUDA is not available' in logger.warnings[0]
-    assert resolve_device('cpu') == 'cpu'

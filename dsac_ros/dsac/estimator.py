@@ -33,6 +33,7 @@ import threading
 import torch
 from torch import Tensor
 
+from dsac_ros.device import resolve_device
 from dsac_ros.dsac.config import EstimatorConfig, ScoreFn, Selection
 from dsac_ros.dsac.sampling import sample_minimal_sets, uniform
 from dsac_ros.geometry.camera import cell_centers
@@ -414,7 +415,8 @@ class DsacEstimator:
         score_fn: `ScoreFn` mapping (B, N, H, W) reprojection errors (px) to (B, N) scores;
             None uses the soft inlier count.
         device: where to compute: None = wherever the inputs are; 'auto' = CUDA when
-            available, else CPU; or any torch device. Results are on this device.
+            available, else CPU; or a torch device (`dsac_ros.device.resolve_device`; CUDA
+            without CUDA is a ValueError). Results are on this device.
     """
 
     def __init__(self, config: EstimatorConfig | None = None,
@@ -422,9 +424,7 @@ class DsacEstimator:
                  device: str | torch.device | None = None) -> None:
         self.config = config if config is not None else EstimatorConfig()
         self.score_fn = score_fn
-        if device == 'auto':
-            device = 'cuda' if torch.cuda.is_available() else 'cpu'
-        self.device = torch.device(device) if device is not None else None
+        self.device = None if device is None else resolve_device(device, strict=True)
         self._local = threading.local()  # per-thread scratch buffers (_Workspace)
 
     def _workspace(self) -> _Workspace:

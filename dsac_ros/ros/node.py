@@ -64,7 +64,6 @@ from dsac_ros.ros.messages import (
     transform_stamped,
 )
 from dsac_ros.ros.parameters import (
-    Device,
     NodeSettings,
     Reliability,
     current_settings,
@@ -84,20 +83,6 @@ _WARN_PERIOD_S = 5.0
 def default_model_path() -> Path:
     """The shipped demo model (dsac_ros/assets/demo_model.pt)."""
     return Path(str(importlib.resources.files('dsac_ros') / 'assets' / 'demo_model.pt'))
-
-
-def resolve_device(requested: str, logger=None) -> str:
-    """'auto' | 'cpu' | 'cuda' -> the torch device to use; CUDA asked but absent -> 'cpu'."""
-    import torch
-
-    has_cuda = torch.cuda.is_available()
-    if requested == Device.CPU.value:
-        return 'cpu'
-    if requested == Device.CUDA.value and not has_cuda:
-        if logger is not None:
-            logger.warning('device=cuda requested but CUDA is not available: using the CPU')
-        return 'cpu'
-    return 'cuda' if has_cuda else 'cpu'
 
 
 def estimator_config(settings: NodeSettings, base=None):
@@ -125,6 +110,7 @@ def load_relocalizer(settings: NodeSettings, logger=None):
     """
     import torch
 
+    from dsac_ros.device import resolve_device
     from dsac_ros.relocalizer import Relocalizer, RelocalizerConfig
 
     if settings.num_threads > 0:
@@ -133,7 +119,8 @@ def load_relocalizer(settings: NodeSettings, logger=None):
     if not path.is_file():
         hint = '' if settings.model_path else ' (shipped demo model missing: set model_path)'
         raise FileNotFoundError(f'model file {path} does not exist{hint}')
-    device = resolve_device(settings.device, logger)
+    device = str(resolve_device(settings.device,
+                                warn=None if logger is None else logger.warning))
     config = RelocalizerConfig(device=device, estimator=estimator_config(settings),
                                use_score_net=settings.use_score_net, seed=settings.seed)
     relocalizer = Relocalizer.from_checkpoint(path, config)

@@ -15,20 +15,14 @@ from typing import Any
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.node import Node
 
+from dsac_ros.device import Device
+
 
 class Reliability(str, Enum):
     """QoS reliability of the camera subscriptions."""
 
     BEST_EFFORT = 'best_effort'  # qos_profile_sensor_data: drop rather than stall
     RELIABLE = 'reliable'
-
-
-class Device(str, Enum):
-    """Where the networks and the estimator run; AUTO picks CUDA when present."""
-
-    AUTO = 'auto'
-    CPU = 'cpu'
-    CUDA = 'cuda'
 
 
 @dataclass(frozen=True)

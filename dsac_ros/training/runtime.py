@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-import functools
 import logging
 import os
 from typing import Iterator
@@ -12,6 +11,7 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 
+from dsac_ros.device import bf16_supported, resolve_device
 from dsac_ros.training.config import Precision
 
 _LOG = logging.getLogger(__name__)
@@ -44,50 +44,6 @@ class Runtime:
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
 
-@functools.lru_cache(maxsize=None)
-def cpu_bf16_supported() -> bool:
-    """True when this CPU runs bf16 convolutions natively (oneDNN + AVX512-BF16/AMX).
-
-    Without native bf16 the emulation is slower than float32, so AUTO precision keeps fp32.
-    """
-    if not torch.backends.mkldnn.is_available():
-        return False
-    try:
-        capability = torch.backends.cpu.get_cpu_capability()
-    except AttributeError:  # older torch
-        capability = ''
-    flags = ''
-    try:
-        with open('/proc/cpuinfo', encoding='ascii', errors='replace') as f:
-            flags = f.read()
-    except OSError:
-        pass
-    if 'avx512_bf16' not in flags and 'amx_bf16' not in flags and 'AMX' not in capability:
-        return False
-    try:
-        conv = torch.nn.Conv2d(3, 4, 3)
-        with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
-            y = conv(torch.rand(1, 3, 8, 8))
-        return y.dtype == torch.bfloat16 and bool(torch.isfinite(y.float()).all())
-    except RuntimeError:
-        return False
-
-
-def resolve_device(device: str | torch.device, local_rank: int = 0) -> torch.device:
-    """'auto' -> cuda:<local_rank> when CUDA is available, else cpu."""
-    if str(device) == 'auto':
-        if torch.cuda.is_available():
-            return torch.device('cuda', local_rank % torch.cuda.device_count())
-        return torch.device('cpu')
-    device = torch.device(device)
-    if device.type == 'cuda':
-        if not torch.cuda.is_available():
-            raise ValueError('device cuda requested but CUDA is not available')
-        if device.index is None:
-            device = torch.device('cuda', local_rank % torch.cuda.device_count())
-    return device
-
-
 def resolve_amp_dtype(precision: Precision, device: torch.device) -> torch.dtype | None:
     """Autocast dtype for ``precision`` on ``device`` (None = float32)."""
     precision = Precision(precision)
@@ -96,13 +52,13 @@ def resolve_amp_dtype(precision: Precision, device: torch.device) -> torch.dtype
     if device.type == 'cuda':
         if precision is Precision.FP16:
             return torch.float16
-        if precision is Precision.BF16 or torch.cuda.is_bf16_supported():
+        if precision is Precision.BF16 or bf16_supported(device):
             return torch.bfloat16
         return torch.float16
     if device.type == 'cpu':
         if precision is Precision.FP16:
             raise ValueError('fp16 autocast is not supported for CPU training; use bf16 or fp32')
-        if precision is Precision.BF16 or cpu_bf16_supported():
+        if precision is Precision.BF16 or bf16_supported(device):
             return torch.bfloat16
         return None
     return None
@@ -114,7 +70,7 @@ def setup_runtime(device: str | torch.device, precision: Precision) -> Runtime:
     world_size = int(os.environ.get('WORLD_SIZE', '1'))
     rank = int(os.environ.get('RANK', '0'))
     local_rank = int(os.environ.get('LOCAL_RANK', '0'))
-    dev = resolve_device(device, local_rank)
+    dev = resolve_device(device, local_rank=local_rank, strict=True)
     if world_size > 1 and not dist.is_initialized():
         backend = 'nccl' if dev.type == 'cuda' else 'gloo'
         if dev.type == 'cuda':
