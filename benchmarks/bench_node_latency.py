@@ -61,16 +61,12 @@ def _frames(model: Path, size: tuple[int, int], count: int):
     """Test frames of the model's synthetic scene rendered at ``size`` (width, height), with K."""
     from dsac_ros.cli.demo import scene_config_for_model
     from dsac_ros.data.synthetic import SyntheticRoom, trajectories
+    from dsac_ros.geometry.camera import scale_intrinsics_np
 
     scene = scene_config_for_model(model)
     _, poses = trajectories(scene)
     room = SyntheticRoom(scene.seed, scene.room_size_m)
-    sx, sy = size[0] / scene.width, size[1] / scene.height
-    K = scene.K.copy()
-    K[0] *= sx
-    K[1] *= sy
-    K[0, 2] = (scene.K[0, 2] + 0.5) * sx - 0.5
-    K[1, 2] = (scene.K[1, 2] + 0.5) * sy - 0.5
+    K = scale_intrinsics_np(scene.K, size[0] / scene.width, size[1] / scene.height)
     out = []
     for T_wc in poses[: min(count, 12)]:
         rgb, _ = room.render_frame(T_wc, K, size[0], size[1])

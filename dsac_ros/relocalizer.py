@@ -36,6 +36,7 @@ from torch import Tensor
 
 from dsac_ros.device import bf16_supported, check_device_name, resolve_device
 from dsac_ros.dsac import DsacEstimator, EstimatorConfig, PoseEstimate, Selection
+from dsac_ros.geometry.camera import as_intrinsics_np, scale_intrinsics_np
 from dsac_ros.models.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 
 __all__ = [
@@ -45,7 +46,6 @@ __all__ = [
     'Prediction',
     'Relocalizer',
     'RelocalizerConfig',
-    'scale_intrinsics_np',
 ]
 
 LOGGER = logging.getLogger(__name__)
@@ -145,21 +145,6 @@ class Prediction:
     timings: dict[str, float]
 
 
-def scale_intrinsics_np(K_33: np.ndarray, sx: float, sy: float) -> np.ndarray:
-    """K of an image resized by (sx, sy), OpenCV pixel-centre convention (float64 numpy).
-
-    fx' = sx fx, s' = sx s, cx' = sx (cx + 0.5) - 0.5; likewise fy, cy with sy. Same math as
-    `dsac_ros.geometry.camera.scale_intrinsics`, kept in numpy to avoid a tensor round trip.
-    """
-    K = np.array(K_33, dtype=np.float64, copy=True)
-    K[0, 0] *= sx
-    K[0, 1] *= sx
-    K[0, 2] = sx * (K[0, 2] + 0.5) - 0.5
-    K[1, 1] *= sy
-    K[1, 2] = sy * (K[1, 2] + 0.5) - 0.5
-    return K
-
-
 def _check_image(image: np.ndarray, name: str = 'image_rgb_hw3') -> None:
     if not isinstance(image, np.ndarray):
         raise ValueError(f'{name} must be a numpy array, got {type(image).__name__}')
@@ -169,23 +154,6 @@ def _check_image(image: np.ndarray, name: str = 'image_rgb_hw3') -> None:
         raise ValueError(f'{name} must have shape (H, W, 3), got {image.shape}')
     if image.shape[0] < 8 or image.shape[1] < 8:
         raise ValueError(f'{name} is empty or too small: shape {image.shape}')
-
-
-def _check_K(K_33, name: str = 'K_33') -> np.ndarray:
-    try:
-        K = np.asarray(K_33, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f'{name} must be a (3, 3) array of numbers: {exc}') from exc
-    if K.shape != (3, 3):
-        raise ValueError(f'{name} must have shape (3, 3), got {K.shape}')
-    if not np.isfinite(K).all():
-        raise ValueError(f'{name} contains NaN or inf: {K.tolist()}')
-    if not (K[0, 0] > 0 and K[1, 1] > 0):
-        raise ValueError(f'{name} focal lengths must be > 0, got fx={K[0, 0]}, fy={K[1, 1]}')
-    if K[1, 0] != 0 or K[2, 0] != 0 or K[2, 1] != 0 or K[2, 2] != 1:
-        raise ValueError(f'{name} must be upper triangular with last row (0, 0, 1), got '
-                         f'{K.tolist()}')
-    return K
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:
@@ -213,7 +181,7 @@ class Relocalizer:
         if checkpoint.score_net is not None:
             self.score_net = checkpoint.score_net.to(self.device).eval()
         self.image_size = tuple(int(x) for x in checkpoint.image_size)  # (height, width)
-        self.K_train = _check_K(checkpoint.K.detach().cpu().numpy(), 'checkpoint K')
+        self.K_train = as_intrinsics_np(checkpoint.K.detach().cpu().numpy(), 'checkpoint K')
         self.metadata = dict(checkpoint.metadata or {})
         self.autocast_bf16 = self._use_bf16()
         # Float64 PnP on the CPU (cheap there, exact); float32 on GPUs (float64 is slow there).
@@ -311,7 +279,7 @@ class Relocalizer:
         resized, Ks = [], []
         for i, (image, K) in enumerate(zip(images_rgb, K_33s)):
             _check_image(image, f'image {i}' if len(images_rgb) > 1 else 'image_rgb_hw3')
-            K = None if K is None else _check_K(K)
+            K = None if K is None else as_intrinsics_np(K, 'K_33')
             image, K = self._resize(image, K)
             resized.append(image)
             Ks.append(K)

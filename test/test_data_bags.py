@@ -15,11 +15,11 @@ from dsac_ros.data.bags import (
     BagExtractionConfig,
     SceneBagTopics,
     extract_bag,
-    make_T,
     write_scene_bag,
 )
 from dsac_ros.data.seven_scenes import SceneDataset, load_intrinsics
 from dsac_ros.data.synthetic import SyntheticSceneConfig, generate_scene
+from dsac_ros.geometry.transforms import pose_to_matrix_np
 
 TOPICS = SceneBagTopics()
 SCENE = SyntheticSceneConfig(seed=5, width=80, height=64, fx=66.0, fy=64.0, train_frames=6,
@@ -193,7 +193,8 @@ def test_pose_interpolation_and_gaps(tmp_path: Path) -> None:
     expected_R = Slerp([0, 1], Rotation.concatenate([q0, q1]))([alpha]).as_matrix()[0]
     np.testing.assert_allclose(frames[0].T_wc[:3, :3], expected_R, atol=1e-8)
     np.testing.assert_allclose(frames[0].T_wc[:3, 3], [0.3, -0.6, 1.6], atol=1e-8)
-    np.testing.assert_allclose(frames[1].T_wc, make_T((1, -2, 3), q1.as_quat()), atol=1e-8)
+    np.testing.assert_allclose(frames[1].T_wc, pose_to_matrix_np((1, -2, 3), q1.as_quat()),
+                               atol=1e-8)
     np.testing.assert_allclose(frames[2].T_wc[:3, 3], [5, 5, 5])
     np.testing.assert_allclose(frames[0].K, [[10, 0, 4], [0, 10, 4], [0, 0, 1]])
     with pytest.raises(BagError, match='no frame'):

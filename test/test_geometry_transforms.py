@@ -6,16 +6,18 @@ import cv2
 import numpy as np
 import pytest
 from scipy.linalg import expm
-from scipy.spatial.transform import Rotation
+from scipy.spatial.transform import Rotation, Slerp
 import torch
 
 from dsac_ros.geometry.camera import (
+    as_intrinsics_np,
     backproject,
     cell_centers,
     make_intrinsics,
     normalize_pixels,
     project,
     scale_intrinsics,
+    scale_intrinsics_np,
 )
 from dsac_ros.geometry.transforms import (
     axis_angle_to_matrix,
@@ -24,10 +26,16 @@ from dsac_ros.geometry.transforms import (
     invert_se3,
     make_se3,
     matrix_to_axis_angle,
+    matrix_to_pose_np,
     matrix_to_quaternion,
+    matrix_to_quaternion_np,
     pose_errors,
+    pose_errors_np,
     pose_loss,
+    pose_to_matrix_np,
+    quaternion_slerp_np,
     quaternion_to_matrix,
+    quaternion_to_matrix_np,
     rotation_error_deg,
     se3_exp,
     transform_points,
@@ -273,3 +281,52 @@ def test_shape_errors():
         se3_exp(torch.zeros(5))
     with pytest.raises(ValueError, match='floating'):
         axis_angle_to_matrix(torch.zeros(3, dtype=torch.long))
+
+
+def test_numpy_entry_points_match_scipy_and_torch():
+    rotations = Rotation.random(20, random_state=3)
+    R, q_ref = rotations.as_matrix(), rotations.as_quat()
+    q = matrix_to_quaternion_np(R)
+    q_ref = np.where(q_ref[:, 3:] < 0, -q_ref, q_ref)
+    np.testing.assert_allclose(q, q_ref, atol=1e-12)
+    np.testing.assert_allclose(quaternion_to_matrix_np(2 * q), R, atol=1e-12)
+    T = pose_to_matrix_np([1.0, -2.0, 0.5], q[0])
+    translation, quat = matrix_to_pose_np(T)
+    np.testing.assert_allclose(translation, [1.0, -2.0, 0.5])
+    np.testing.assert_allclose(quat, q[0], atol=1e-12)
+    with pytest.raises(ValueError, match='finite 4x4'):
+        matrix_to_pose_np(np.full((4, 4), np.nan))
+    # slerp against SciPy, also across the double cover (q and -q are one rotation).
+    for alpha in (0.0, 0.3, 1.0):
+        expected = Slerp([0, 1], rotations[:2])([alpha]).as_matrix()[0]
+        got = quaternion_to_matrix_np(quaternion_slerp_np(q[0], -q[1], alpha))
+        np.testing.assert_allclose(got, expected, atol=1e-12)
+    # Nearly equal rotations take the normalised-lerp branch.
+    near = (q[0] + 1e-5 * np.array([1.0, 0, 0, 0])) / np.linalg.norm(q[0] + [1e-5, 0, 0, 0])
+    np.testing.assert_allclose(np.linalg.norm(quaternion_slerp_np(q[0], near, 0.5)), 1.0)
+
+
+def test_numpy_pose_errors_in_both_conventions():
+    T_wc = se3_exp(torch.tensor([[0.3, -0.2, 0.1, 0.2, -0.1, 0.4],
+                                 [0.0, 0.1, 0.0, 0.0, 0.05, 0.0]], dtype=F64)).numpy()
+    deg, m = pose_errors_np(T_wc[:1], T_wc[1:], 'T_wc')
+    deg_cw, m_cw = pose_errors_np(np.linalg.inv(T_wc[:1]), np.linalg.inv(T_wc[1:]))
+    np.testing.assert_allclose(deg, deg_cw, rtol=1e-12)
+    np.testing.assert_allclose(m, np.linalg.norm(T_wc[0, :3, 3] - T_wc[1, :3, 3]), rtol=1e-12)
+    np.testing.assert_allclose(m_cw, m, rtol=1e-12)
+    with pytest.raises(ValueError, match='convention'):
+        pose_errors_np(T_wc, T_wc, 'wc')
+
+
+def test_numpy_intrinsics_check_and_scaling():
+    K = np.array([[500.0, 0.0, 319.5], [0.0, 480.0, 239.5], [0.0, 0.0, 1.0]])
+    np.testing.assert_array_equal(as_intrinsics_np(K.tolist()), K)
+    np.testing.assert_allclose(scale_intrinsics_np(K, 0.5, 0.25),
+                               scale_intrinsics(torch.from_numpy(K), 0.5, 0.25).numpy())
+    np.testing.assert_allclose(scale_intrinsics_np(K, 0.5, 0.5)[:2, 2], [159.5, 119.5])
+    for bad, match in ((K[:2], 'shape'), (np.where(K == 500.0, np.nan, K), 'NaN'),
+                       (np.where(K == 500.0, -1.0, K), 'focal'),
+                       (np.where(K == 1.0, 2.0, K), 'upper triangular'),
+                       ('K', 'numbers')):
+        with pytest.raises(ValueError, match=match):
+            as_intrinsics_np(bad, 'K_33')

@@ -19,17 +19,12 @@ from torch import nn
 from dsac_ros.data.seven_scenes import SceneDataset, scene_coordinates_from_depth
 from dsac_ros.data.synthetic import SyntheticRoom, SyntheticSceneConfig, generate_scene
 from dsac_ros.dsac import EstimatorConfig, Selection
-from dsac_ros.geometry.camera import scale_intrinsics
+from dsac_ros.geometry.camera import scale_intrinsics, scale_intrinsics_np
 from dsac_ros.geometry.transforms import pose_errors
 from dsac_ros.models.checkpoint import Checkpoint, CheckpointError, save_checkpoint
 from dsac_ros.models.scene_coordinate_net import SceneCoordinateNet, SceneCoordinateNetConfig
 from dsac_ros.models.score_net import ScoreNet
-from dsac_ros.relocalizer import (
-    Localization,
-    Relocalizer,
-    RelocalizerConfig,
-    scale_intrinsics_np,
-)
+from dsac_ros.relocalizer import Localization, Relocalizer, RelocalizerConfig
 
 SCENE = SyntheticSceneConfig(seed=3, width=160, height=120, fx=130.0, fy=130.0, cx=79.0,
                              cy=61.5, train_frames=3, test_frames=3)

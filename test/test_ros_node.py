@@ -26,12 +26,13 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from tf2_msgs.msg import TFMessage
 
+from dsac_ros.geometry.transforms import pose_errors_np
 from dsac_ros.ros import messages
 from dsac_ros.ros.node import default_model_path
 from dsac_ros.ros.player import load_frames
 from dsac_ros.ros.processes import RosProcesses, module_command, node_command, wait_for
 from dsac_ros.ros.tf_broadcaster import TF_QOS
-from dsac_ros.ros.trajectory import load_json, pose_errors, summarize
+from dsac_ros.ros.trajectory import load_json, summarize_recording
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS_FILE = REPO / 'config' / 'relocalize.yaml'
@@ -535,7 +536,7 @@ def test_player_node_recorder_accuracy(played, model_path, scene_dir):
     from dsac_ros.ros.parameters import NodeSettings
 
     gt, recorded, _ = played
-    summary = summarize(gt, recorded)
+    summary = summarize_recording(gt, recorded)
     assert summary.poses_matched >= SCENE_FRAMES // 2, summary
     torch.set_num_threads(1)
     settings = NodeSettings(**{k: v for k, v in NODE_TEST_PARAMS.items()
@@ -549,7 +550,7 @@ def test_player_node_recorder_accuracy(played, model_path, scene_dir):
         frame = frames_by_name[name_by_stamp[pose['stamp_ns']]]
         expected = reference.localize(frame.image_rgb, frame.K)
         assert expected.valid
-        r, t = pose_errors(np.asarray([pose['T_wc']]), expected.T_wc[None])
+        r, t = pose_errors_np(np.asarray([pose['T_wc']]), expected.T_wc[None], 'T_wc')
         rot.append(r[0])
         trans.append(t[0])
     # Same computation in another process: equal up to float noise on nearly all frames.
@@ -569,6 +570,6 @@ def test_pose_errors_reference():
     T_est = np.eye(4)
     T_est[:3, :3] = cv2.Rodrigues(rvec)[0]
     T_est[:3, 3] = [0.03, 0.0, 0.04]
-    rot, trans = pose_errors(T_est[None], T_gt[None])
+    rot, trans = pose_errors_np(T_est[None], T_gt[None], 'T_wc')
     np.testing.assert_allclose(rot, np.degrees(np.linalg.norm(rvec)), rtol=1e-9)
     np.testing.assert_allclose(trans, 0.05)

@@ -31,7 +31,12 @@ import time
 
 from dsac_ros.ros.dds_env import loopback_dds_env
 from dsac_ros.ros.processes import RosProcesses, module_command, node_command, wait_exit, wait_for
-from dsac_ros.ros.trajectory import AccuracySummary, load_json, plot_top_view, summarize
+from dsac_ros.ros.trajectory import (
+    AccuracySummary,
+    load_json,
+    plot_top_view,
+    summarize_recording,
+)
 
 _LOG = logging.getLogger('dsac_ros.demo')
 
@@ -192,7 +197,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
                 raise RuntimeError(f'relocalize_node exited with {node_code}:\n'
                                    f'{node.log()[-3000:]}')
         gt, recorded = load_json(gt_path), load_json(poses_path)
-        accuracy = summarize(gt, recorded)
+        accuracy = summarize_recording(gt, recorded)
         title = (f'{accuracy.within_5cm_5deg_pct:.1f}% within 5 cm/5 deg, median '
                  f'{100 * accuracy.median_translation_m:.1f} cm / '
                  f'{accuracy.median_rotation_deg:.2f} deg')

@@ -53,6 +53,12 @@ from dsac_ros.data import image_codec
 from dsac_ros.data.atomic import atomic_directory
 from dsac_ros.data.seven_scenes import SceneDataset
 from dsac_ros.data.synthetic import write_frame, write_intrinsics_json
+from dsac_ros.geometry.camera import as_intrinsics_np, scale_intrinsics_np
+from dsac_ros.geometry.transforms import (
+    matrix_to_quaternion_np,
+    pose_to_matrix_np,
+    quaternion_slerp_np,
+)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -67,65 +73,6 @@ _DEPTH_CACHE_NS = 10 * 10**9  # depth images kept for matching, behind the newes
 
 class BagError(ValueError):
     """A bag that cannot be read or does not hold what the extraction needs."""
-
-
-# ----------------------------------------------------------------------------- small math
-
-
-def quaternion_to_matrix(q_xyzw: np.ndarray) -> np.ndarray:
-    """(..., 4) quaternions (x, y, z, w), normalised here -> (..., 3, 3) rotations."""
-    q = np.asarray(q_xyzw, np.float64)
-    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
-    x, y, z, w = np.moveaxis(q, -1, 0)
-    return np.stack([
-        np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], -1),
-        np.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], -1),
-        np.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1),
-    ], -2)
-
-
-def matrix_to_quaternion(R: np.ndarray) -> np.ndarray:
-    """(3, 3) rotation -> (4,) quaternion (x, y, z, w) with w >= 0."""
-    R = np.asarray(R, np.float64)
-    m = R
-    trace = np.trace(m)
-    if trace > 0:
-        s = 2.0 * math.sqrt(trace + 1.0)
-        q = [(m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s, s / 4]
-    else:
-        i = int(np.argmax(np.diag(m)))
-        j, k = (i + 1) % 3, (i + 2) % 3
-        s = 2.0 * math.sqrt(max(1.0 + m[i, i] - m[j, j] - m[k, k], 1e-300))
-        q = [0.0, 0.0, 0.0, (m[k, j] - m[j, k]) / s]
-        q[i] = s / 4
-        q[j] = (m[j, i] + m[i, j]) / s
-        q[k] = (m[k, i] + m[i, k]) / s
-    q = np.array(q)
-    q /= np.linalg.norm(q)
-    return -q if q[3] < 0 else q
-
-
-def slerp(q0: np.ndarray, q1: np.ndarray, alpha: float) -> np.ndarray:
-    """Spherical interpolation between unit quaternions (x, y, z, w), shortest path."""
-    q0 = np.asarray(q0, np.float64) / np.linalg.norm(q0)
-    q1 = np.asarray(q1, np.float64) / np.linalg.norm(q1)
-    dot = float(np.dot(q0, q1))
-    if dot < 0:
-        q1, dot = -q1, -dot
-    if dot > 0.9995:  # nearly parallel: lerp is exact to float precision
-        q = q0 + alpha * (q1 - q0)
-        return q / np.linalg.norm(q)
-    theta = math.acos(min(dot, 1.0))
-    s = math.sin(theta)
-    return (math.sin((1 - alpha) * theta) * q0 + math.sin(alpha * theta) * q1) / s
-
-
-def make_T(translation: Iterable[float], q_xyzw: Iterable[float]) -> np.ndarray:
-    """(4, 4) transform from a translation (m) and a quaternion (x, y, z, w)."""
-    T = np.eye(4)
-    T[:3, :3] = quaternion_to_matrix(np.asarray(list(q_xyzw), np.float64))
-    T[:3, 3] = list(translation)
-    return T
 
 
 # ----------------------------------------------------------------------------- pose streams
@@ -167,15 +114,16 @@ class PoseTrack:
             return None
         i = bisect_left(stamps, stamp_ns)
         if i < len(stamps) and stamps[i] == stamp_ns:
-            return make_T(self._t[i], self._q[i])
+            return pose_to_matrix_np(self._t[i], self._q[i])
         before = i - 1 if i > 0 and stamp_ns - stamps[i - 1] <= tolerance_ns else None
         after = i if i < len(stamps) and stamps[i] - stamp_ns <= tolerance_ns else None
         if before is not None and after is not None:
             alpha = (stamp_ns - stamps[before]) / (stamps[after] - stamps[before])
             t = (1 - alpha) * self._t[before] + alpha * self._t[after]
-            return make_T(t, slerp(self._q[before], self._q[after], alpha))
+            q = quaternion_slerp_np(self._q[before], self._q[after], alpha)
+            return pose_to_matrix_np(t, q)
         nearest = before if before is not None else after
-        return None if nearest is None else make_T(self._t[nearest], self._q[nearest])
+        return None if nearest is None else pose_to_matrix_np(self._t[nearest], self._q[nearest])
 
 
 class TfTree:
@@ -200,7 +148,7 @@ class TfTree:
         q = np.array([rot.x, rot.y, rot.z, rot.w])
         self._parent[child] = parent
         if static:
-            self._static[child] = make_T(t, q)
+            self._static[child] = pose_to_matrix_np(t, q)
             self._dynamic.pop(child, None)
         elif child not in self._static:
             self._dynamic.setdefault(child, PoseTrack()).add(_stamp_ns(transform.header), t, q)
@@ -355,10 +303,10 @@ def _camera_matrix(info: Any) -> np.ndarray:
     k = getattr(info, 'k', None)
     if k is None:
         k = info.K  # ROS 1 field name
-    K = np.asarray(k, np.float64).reshape(3, 3)
-    if not (np.isfinite(K).all() and K[0, 0] > 0 and K[1, 1] > 0):
-        raise BagError(f'CameraInfo K is not a valid camera matrix: {K.ravel().tolist()}')
-    return K
+    try:
+        return as_intrinsics_np(np.asarray(k, np.float64).reshape(3, 3))
+    except ValueError as error:
+        raise BagError(f'CameraInfo K is not a valid camera matrix: {error}') from error
 
 
 class _Reader:
@@ -588,8 +536,7 @@ def _write_frames(reader: _Reader, tmp: Path, out: Path, config: BagExtractionCo
     if cw > 0 and ch > 0 and (cw, ch) != (width, height):
         LOGGER.warning('CameraInfo is %dx%d but images are %dx%d: scaling K', cw, ch, width,
                        height)
-        K[0] *= width / cw
-        K[1] *= height / ch
+        K = scale_intrinsics_np(K, width / cw, height / ch)
     n_test = int(math.floor(written * config.test_fraction))
     if config.test_fraction > 0 and (n_test == 0 or n_test == written):
         raise BagError(f'test_fraction {config.test_fraction} of {written} frames leaves an '
@@ -703,7 +650,7 @@ def write_scene_bag(scene_root: str | Path, bag_path: str | Path,
         return types['std_msgs/msg/Header'](stamp=stamp(t_s), frame_id=frame_id, **extra)
 
     def transform_stamped(t_s: float, parent: str, child: str, T: np.ndarray) -> Any:
-        q = matrix_to_quaternion(T[:3, :3])
+        q = matrix_to_quaternion_np(T[:3, :3])
         return types['geometry_msgs/msg/TransformStamped'](
             header=header(t_s, parent), child_frame_id=child,
             transform=types['geometry_msgs/msg/Transform'](
@@ -770,7 +717,7 @@ def write_scene_bag(scene_root: str | Path, bag_path: str | Path,
                     depth = np.round(np.clip(depth, 0, 65534)).astype(np.uint16)
                 write('depth', t_s, _image_msg(types, header(t_s, cam), depth, depth_encoding),
                       'sensor_msgs/msg/Image')
-            q = matrix_to_quaternion(frame.T_wc[:3, :3])
+            q = matrix_to_quaternion_np(frame.T_wc[:3, :3])
             pose = types['geometry_msgs/msg/PoseStamped'](
                 header=header(t_s, topics.world_frame),
                 pose=types['geometry_msgs/msg/Pose'](
@@ -805,4 +752,4 @@ def read_color_png(path: Path) -> np.ndarray:
 
 __all__ = ['BagError', 'BagExtractionConfig', 'BagFormat', 'ExtractionSummary', 'PoseSource',
            'PoseTrack', 'SceneBagTopics', 'TfTree', 'extract_bag', 'map_to_odom',
-           'matrix_to_quaternion', 'quaternion_to_matrix', 'slerp', 'write_scene_bag']
+           'write_scene_bag']

@@ -28,6 +28,8 @@ import re
 import cv2
 import numpy as np
 
+from dsac_ros.geometry.camera import scale_intrinsics_np
+
 SEVEN_SCENES_COLOR = {'fx': 525.0, 'fy': 525.0, 'cx': 320.0, 'cy': 240.0,
                       'width': 640, 'height': 480}
 SEVEN_SCENES_DEPTH = {'fx': 585.0, 'fy': 585.0, 'cx': 320.0, 'cy': 240.0,
@@ -140,6 +142,14 @@ def read_depth_m(path: Path) -> np.ndarray:
     return depth_m
 
 
+def _intrinsics_for(K: np.ndarray, size: tuple[int, int], shape: tuple[int, ...]) -> np.ndarray:
+    """K of a camera calibrated at ``size`` (width, height) for an image of ``shape`` (H, W)."""
+    width, height = size
+    if tuple(shape[:2]) == (height, width):
+        return K.copy()
+    return scale_intrinsics_np(K, shape[1] / width, shape[0] / height)
+
+
 class SceneDataset(Sequence):
     """Frames of one split of a 7-Scenes-layout scene, read lazily and in sorted order."""
 
@@ -168,23 +178,14 @@ class SceneDataset(Sequence):
         bgr = cv2.imread(f'{stem}.color.png', cv2.IMREAD_COLOR)
         if bgr is None:
             raise ValueError(f'{stem}.color.png: unreadable colour image')
-        width, height = self.intrinsics.size
-        if bgr.shape[:2] != (height, width):
-            # A scene without intrinsics.json holds images of another size: scale K to them.
-            sx, sy = bgr.shape[1] / width, bgr.shape[0] / height
-        else:
-            sx = sy = 1.0
-        K = self.intrinsics.K.copy()
-        K[0] *= sx
-        K[1] *= sy
+        # A scene without intrinsics.json may hold images of another size: scale K to them.
+        K = _intrinsics_for(self.intrinsics.K, self.intrinsics.size, bgr.shape[:2])
         depth_m, K_depth = None, None
         depth_path = Path(f'{stem}.depth.png')
         if self.load_depth and depth_path.exists():
             depth_m = read_depth_m(depth_path)
-            dw, dh = self.intrinsics.depth_size
-            K_depth = self.intrinsics.K_depth.copy()
-            K_depth[0] *= depth_m.shape[1] / dw
-            K_depth[1] *= depth_m.shape[0] / dh
+            K_depth = _intrinsics_for(self.intrinsics.K_depth, self.intrinsics.depth_size,
+                                      depth_m.shape)
         return Frame(image_rgb=cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), depth_m=depth_m,
                      T_wc=_read_pose(Path(f'{stem}.pose.txt')), K=K, K_depth=K_depth,
                      name=f'{stem.parent.name}/{stem.name}')

@@ -36,7 +36,7 @@ from torch import Tensor
 from dsac_ros.device import resolve_device
 from dsac_ros.dsac.config import EstimatorConfig, ScoreFn, Selection
 from dsac_ros.dsac.sampling import sample_minimal_sets, uniform
-from dsac_ros.geometry.camera import cell_centers
+from dsac_ros.geometry.camera import cell_centers, check_intrinsics
 from dsac_ros.geometry.pnp import pnp_information, refine_pnp, solve_p4p
 from dsac_ros.geometry.transforms import (
     invert_se3,
@@ -171,14 +171,7 @@ def _prepare(scene_coords_b3hw: Tensor, K_b33: Tensor, stride: int,
         scene_coords_b3hw = scene_coords_b3hw.float()  # half precision is too coarse for PnP
     dtype, device = scene_coords_b3hw.dtype, scene_coords_b3hw.device
     K_b33 = K_b33.to(device=device, dtype=dtype)
-    if not bool(torch.isfinite(K_b33).all()):
-        raise ValueError('K_b33 contains NaN or inf')
-    fx, fy = K_b33[:, 0, 0], K_b33[:, 1, 1]
-    if bool((fx <= 0).any()) or bool((fy <= 0).any()):
-        raise ValueError(f'K_b33 focal lengths must be > 0, got fx={fx.tolist()}, '
-                         f'fy={fy.tolist()}')
-    if bool((K_b33[:, 1, 0] != 0).any() | (K_b33[:, 2] != K_b33.new_tensor([0, 0, 1])).any()):
-        raise ValueError('K_b33 must be upper triangular with last row (0, 0, 1)')
+    check_intrinsics(K_b33, 'K_b33', values=True)
 
     points_bm3 = scene_coords_b3hw.reshape(B, 3, H * W).transpose(1, 2)
     valid_bm = torch.isfinite(points_bm3).all(dim=-1)

@@ -10,9 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import torch
 
-from dsac_ros.geometry.transforms import pose_errors
+from dsac_ros.geometry.transforms import pose_errors_np
 
 #: (translation metres, rotation degrees) thresholds reported: 5cm/5deg (paper Table 1) first.
 THRESHOLDS: tuple[tuple[float, float], ...] = ((0.05, 5.0), (0.02, 2.0), (0.10, 10.0))
@@ -41,8 +40,7 @@ def frame_errors(T_cw_est_n44: np.ndarray, T_cw_gt_n44: np.ndarray,
         raise ValueError(f'{est.shape[0]} estimates but {gt.shape[0]} ground-truth poses')
     if est.shape[0] == 0:
         return np.zeros(0), np.zeros(0)
-    deg, m = pose_errors(torch.from_numpy(est.copy()), torch.from_numpy(gt.copy()))
-    deg, m = deg.numpy().copy(), m.numpy().copy()
+    deg, m = pose_errors_np(est, gt)
     bad = ~np.isfinite(est).reshape(len(est), -1).all(axis=1)
     if valid_n is not None:
         valid_n = np.asarray(valid_n, dtype=bool).reshape(-1)
@@ -54,17 +52,24 @@ def frame_errors(T_cw_est_n44: np.ndarray, T_cw_gt_n44: np.ndarray,
     return deg, m
 
 
-def percent_within(rotation_deg: np.ndarray, translation_m: np.ndarray, max_m: float,
-                   max_deg: float) -> float:
-    """Percentage (0..100) of frames with translation < max_m AND rotation < max_deg."""
+def within(rotation_deg: np.ndarray, translation_m: np.ndarray, max_m: float,
+           max_deg: float) -> np.ndarray:
+    """Bool mask of the frames with translation < max_m AND rotation < max_deg."""
     rotation_deg = np.asarray(rotation_deg, dtype=np.float64)
     translation_m = np.asarray(translation_m, dtype=np.float64)
     if rotation_deg.shape != translation_m.shape:
         raise ValueError('rotation and translation errors differ in shape: '
                          f'{rotation_deg.shape} vs {translation_m.shape}')
-    if rotation_deg.size == 0:
+    return (translation_m < max_m) & (rotation_deg < max_deg)
+
+
+def percent_within(rotation_deg: np.ndarray, translation_m: np.ndarray, max_m: float,
+                   max_deg: float) -> float:
+    """Percentage (0..100) of frames with translation < max_m AND rotation < max_deg; NaN
+    without frames."""
+    ok = within(rotation_deg, translation_m, max_m, max_deg)
+    if ok.size == 0:
         return float('nan')
-    ok = (translation_m < max_m) & (rotation_deg < max_deg)
     return float(100.0 * ok.mean())
 
 
@@ -116,4 +121,4 @@ def summarize(rotation_deg: np.ndarray, translation_m: np.ndarray,
 
 
 __all__ = ['THRESHOLDS', 'ErrorSummary', 'frame_errors', 'median', 'percent_within',
-           'summarize', 'threshold_key']
+           'summarize', 'threshold_key', 'within']

@@ -3,35 +3,80 @@
 Conventions: camera frame x right, y down, z forward. Pixel (u, v): u = column, v = row, the
 centre of the top-left pixel is (0, 0). Intrinsics are 3x3 matrices
 ``K = [[fx, s, cx], [0, fy, cy], [0, 0, 1]]`` (skew ``s`` usually 0) with any leading batch dims.
+
+The intrinsics checks and the resize scaling have numpy entry points (``*_np``) for the
+relocalizer, the data readers and the ROS edge: one rule for what a usable K is and one formula
+for scaling it.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
 __all__ = [
+    'as_intrinsics_np',
     'backproject',
     'cell_centers',
     'check_intrinsics',
+    'check_intrinsics_values_np',
     'make_intrinsics',
     'normalize_pixels',
     'project',
     'scale_intrinsics',
+    'scale_intrinsics_np',
 ]
 
 # Points closer than this to the z = 0 plane are divided by +-_MIN_Z instead (no inf / NaN).
 _MIN_Z = 1e-8
 
 
-def check_intrinsics(K: Tensor, name: str = 'K') -> None:
-    """Raise ValueError unless ``K`` is a floating tensor of shape (..., 3, 3)."""
+def check_intrinsics(K: Tensor, name: str = 'K', values: bool = False) -> None:
+    """Raise ValueError unless ``K`` is a floating tensor of shape (..., 3, 3).
+
+    With ``values`` also the numbers (`check_intrinsics_values_np`; copies K to the host).
+    """
     if not isinstance(K, Tensor):
         raise ValueError(f'{name} must be a torch.Tensor, got {type(K).__name__}')
     if K.dim() < 2 or K.shape[-2:] != (3, 3):
         raise ValueError(f'{name} must have shape (..., 3, 3), got {tuple(K.shape)}')
     if not K.is_floating_point():
         raise ValueError(f'{name} must be a floating tensor, got {K.dtype}')
+    if values:
+        check_intrinsics_values_np(K.detach().cpu().double().numpy(), name)
+
+
+def check_intrinsics_values_np(K: np.ndarray, name: str = 'K') -> None:
+    """Raise ValueError unless every K (..., 3, 3) is a usable pinhole matrix: finite, focal
+    lengths > 0, upper triangular with last row (0, 0, 1) (skew allowed)."""
+    K = np.asarray(K, dtype=np.float64)
+    if not np.isfinite(K).all():
+        raise ValueError(f'{name} contains NaN or inf: {K.tolist()}')
+    fx, fy = K[..., 0, 0], K[..., 1, 1]
+    if not ((fx > 0).all() and (fy > 0).all()):
+        raise ValueError(f'{name} focal lengths must be > 0, got fx={fx.tolist()}, '
+                         f'fy={fy.tolist()}')
+    if (K[..., 1, 0] != 0).any() or (K[..., 2, :] != (0.0, 0.0, 1.0)).any():
+        raise ValueError(f'{name} must be upper triangular with last row (0, 0, 1), got '
+                         f'{K.tolist()}')
+
+
+def as_intrinsics_np(K_33, name: str = 'K') -> np.ndarray:
+    """A checked (3, 3) float64 copy of a pinhole matrix given as any array-like.
+
+    Raises:
+        ValueError: not (3, 3) numbers, or not a usable pinhole matrix
+            (`check_intrinsics_values_np`); the message starts with ``name``.
+    """
+    try:
+        K = np.array(K_33, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f'{name} must be a (3, 3) array of numbers: {exc}') from exc
+    if K.shape != (3, 3):
+        raise ValueError(f'{name} must have shape (3, 3), got {K.shape}')
+    check_intrinsics_values_np(K, name)
+    return K
 
 
 def _check_last(x: Tensor, size: int, name: str) -> None:
@@ -144,3 +189,9 @@ def scale_intrinsics(K: Tensor, sx: float | Tensor, sy: float | Tensor) -> Tenso
     row0 = torch.stack([K[..., 0, 0] * sx, K[..., 0, 1] * sx, (K[..., 0, 2] + 0.5) * sx - 0.5], -1)
     row1 = torch.stack([K[..., 1, 0] * sy, K[..., 1, 1] * sy, (K[..., 1, 2] + 0.5) * sy - 0.5], -1)
     return torch.stack([row0, row1, K[..., 2, :]], -2)
+
+
+def scale_intrinsics_np(K_33, sx: float, sy: float) -> np.ndarray:
+    """`scale_intrinsics` of a numpy K (..., 3, 3) (float64 result, pixel-centre convention)."""
+    K = torch.from_numpy(np.array(K_33, dtype=np.float64))
+    return scale_intrinsics(K, sx, sy).numpy()

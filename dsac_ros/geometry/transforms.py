@@ -8,11 +8,17 @@ Conventions (used by the whole package):
   w >= 0 on output; twists are ``[rho (m), phi (rad)]``.
 - Errors are reported in degrees and metres; the pose loss in max(degrees, centimetres).
 
-All functions have finite gradients at the identity rotation and at 180 degrees.
+All torch functions have finite gradients at the identity rotation and at 180 degrees. The
+``*_np`` functions are the numpy entry points of the same code (float64 in, float64 out) for
+bag extraction, ROS messages and metrics, so every quaternion and pose error of the package
+comes from one implementation.
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -21,12 +27,20 @@ __all__ = [
     'compose_se3',
     'hat',
     'invert_se3',
+    'invert_se3_np',
     'make_se3',
     'matrix_to_axis_angle',
+    'matrix_to_pose_np',
     'matrix_to_quaternion',
+    'matrix_to_quaternion_np',
     'pose_errors',
+    'pose_errors_np',
     'pose_loss',
+    'pose_to_matrix_np',
+    'quaternion_slerp',
+    'quaternion_slerp_np',
     'quaternion_to_matrix',
+    'quaternion_to_matrix_np',
     'rotation_angle',
     'rotation_error_deg',
     'se3_exp',
@@ -265,3 +279,95 @@ def pose_loss(T_cw_est: Tensor, T_cw_gt: Tensor) -> Tensor:
     """DSAC pose loss (paper Eq. 9): max(angle in degrees, camera-centre error in cm), (...)."""
     deg, m = pose_errors(T_cw_est, T_cw_gt)
     return torch.maximum(deg, 100.0 * m)
+
+
+def quaternion_slerp(q0: Tensor, q1: Tensor, alpha: Tensor | float) -> Tensor:
+    """Spherical interpolation of unit quaternions (..., 4) (x, y, z, w) along the shorter arc.
+
+    Both inputs are normalised here; ``alpha`` in [0, 1] (0 -> q0, 1 -> q1) broadcasts. Nearly
+    parallel pairs (cos > 0.9995) use normalised linear interpolation, exact to float precision.
+    """
+    _check(q0, (4,), 'q0')
+    _check(q1, (4,), 'q1')
+    q0 = q0 / torch.linalg.vector_norm(q0, dim=-1, keepdim=True)
+    q1 = q1 / torch.linalg.vector_norm(q1, dim=-1, keepdim=True)
+    alpha = torch.as_tensor(alpha, dtype=q0.dtype, device=q0.device)[..., None]
+    dot = (q0 * q1).sum(-1, keepdim=True)
+    q1 = torch.where(dot < 0, -q1, q1)
+    dot = dot.abs()
+    near = dot > 0.9995
+    lerp = q0 + alpha * (q1 - q0)
+    lerp = lerp / torch.linalg.vector_norm(lerp, dim=-1, keepdim=True)
+    theta = torch.acos(torch.where(near, torch.zeros_like(dot), dot.clamp(max=1.0)))
+    s = torch.where(near, torch.ones_like(theta), torch.sin(theta))
+    arc = (torch.sin((1 - alpha) * theta) * q0 + torch.sin(alpha * theta) * q1) / s
+    return torch.where(near, lerp, arc)
+
+
+# ---------------------------------------------------------------------------------------------
+# numpy entry points: the functions above on float64 arrays.
+
+
+def _float64_tensor(array) -> Tensor:
+    # A copy: inputs may be read-only arrays (torch warns about those) or nested lists.
+    return torch.from_numpy(np.array(array, dtype=np.float64))
+
+
+def _on_numpy(fn: Callable[..., Tensor], *arrays) -> np.ndarray:
+    return fn(*(_float64_tensor(a) for a in arrays)).numpy()
+
+
+def quaternion_to_matrix_np(q_xyzw) -> np.ndarray:
+    """Quaternions (..., 4) (x, y, z, w), normalised here -> rotations (..., 3, 3), float64."""
+    return _on_numpy(quaternion_to_matrix, q_xyzw)
+
+
+def matrix_to_quaternion_np(R) -> np.ndarray:
+    """Rotations (..., 3, 3) -> unit quaternions (..., 4) (x, y, z, w) with w >= 0, float64."""
+    return _on_numpy(matrix_to_quaternion, R)
+
+
+def quaternion_slerp_np(q0_xyzw, q1_xyzw, alpha: float) -> np.ndarray:
+    """`quaternion_slerp` on numpy (x, y, z, w) quaternions (..., 4)."""
+    return _on_numpy(quaternion_slerp, q0_xyzw, q1_xyzw, alpha)
+
+
+def pose_to_matrix_np(translation, q_xyzw) -> np.ndarray:
+    """Rigid transform (..., 4, 4) float64 from translations (..., 3) (metres) and quaternions
+    (..., 4) (x, y, z, w; normalised here), e.g. a ROS Pose or Transform."""
+    return _on_numpy(lambda t, q: make_se3(quaternion_to_matrix(q), t), translation, q_xyzw)
+
+
+def matrix_to_pose_np(T_44) -> tuple[np.ndarray, np.ndarray]:
+    """A finite 4x4 rigid transform -> (translation (3,), quaternion (4,) x, y, z, w, w >= 0).
+
+    Raises:
+        ValueError: not a finite 4x4 array.
+    """
+    T = np.asarray(T_44, dtype=np.float64)
+    if T.shape != (4, 4) or not np.isfinite(T).all():
+        raise ValueError(f'expected a finite 4x4 transform, got shape {T.shape}')
+    return T[:3, 3].copy(), matrix_to_quaternion_np(T[:3, :3])
+
+
+def invert_se3_np(T) -> np.ndarray:
+    """`invert_se3` of rigid transforms (..., 4, 4) as float64 numpy."""
+    return _on_numpy(invert_se3, T)
+
+
+def pose_errors_np(T_est_n44, T_gt_n44, convention: str = 'T_cw'
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """`pose_errors` on numpy poses (..., 4, 4): rotation error (degrees) and camera-centre
+    error (metres), float64.
+
+    Args:
+        convention: 'T_cw' when the poses are world-to-camera, 'T_wc' when camera-to-world
+            (as ROS publishes them); the camera centre is taken accordingly.
+    """
+    if convention not in ('T_cw', 'T_wc'):
+        raise ValueError(f"convention must be 'T_cw' or 'T_wc', got {convention!r}")
+    est, gt = _float64_tensor(T_est_n44), _float64_tensor(T_gt_n44)
+    if convention == 'T_wc':
+        est, gt = invert_se3(est), invert_se3(gt)
+    deg, m = pose_errors(est, gt)
+    return deg.numpy(), m.numpy()

@@ -22,10 +22,11 @@ import cv2
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped, TransformStamped
 import numpy as np
-from scipy.spatial.transform import Rotation
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from dsac_ros.data import image_codec
+from dsac_ros.geometry.camera import as_intrinsics_np
+from dsac_ros.geometry.transforms import matrix_to_pose_np, pose_to_matrix_np
 
 # ---------------------------------------------------------------------------------------------
 # Time stamps
@@ -119,8 +120,12 @@ def camera_info_to_intrinsics(msg: CameraInfo) -> CameraIntrinsics:
     K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
     D = np.asarray(msg.d, dtype=np.float64).reshape(-1)
     width, height = int(msg.width), int(msg.height)
-    if not np.isfinite(K).all() or K[0, 0] <= 0.0 or K[1, 1] <= 0.0 or K[2, 2] == 0.0:
-        raise ValueError(f'camera_info K is not a pinhole matrix: {K.reshape(-1).tolist()}')
+    try:
+        if K[2, 2] == 0.0:
+            raise ValueError(f'K[2, 2] is 0: {K.reshape(-1).tolist()}')
+        K = as_intrinsics_np(K / K[2, 2], 'K')
+    except ValueError as exc:
+        raise ValueError(f'camera_info K is not a pinhole matrix: {exc}') from None
     if width <= 0 or height <= 0:
         raise ValueError(f'camera_info size is {width}x{height}')
     if not np.isfinite(D).all():
@@ -136,7 +141,7 @@ def camera_info_to_intrinsics(msg: CameraInfo) -> CameraIntrinsics:
         model = DistortionModel.PLUMB_BOB
     if model is DistortionModel.EQUIDISTANT and D.size not in (0, 4):
         raise ValueError(f'equidistant distortion takes 4 coefficients, got {D.size}')
-    return CameraIntrinsics(K=K / K[2, 2], D=D, model=model, width=width, height=height)
+    return CameraIntrinsics(K=K, D=D, model=model, width=width, height=height)
 
 
 def intrinsics_to_camera_info(K_33: np.ndarray, width: int, height: int,
@@ -191,27 +196,8 @@ class Undistorter:
 # Poses
 
 
-def matrix_to_pose_fields(T_44: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """4x4 rigid transform -> (translation (3,), quaternion (4,) x, y, z, w with w >= 0)."""
-    T = np.asarray(T_44, dtype=np.float64)
-    if T.shape != (4, 4) or not np.isfinite(T).all():
-        raise ValueError(f'expected a finite 4x4 transform, got shape {T.shape}')
-    quat_xyzw = Rotation.from_matrix(T[:3, :3]).as_quat()
-    if quat_xyzw[3] < 0.0:
-        quat_xyzw = -quat_xyzw
-    return T[:3, 3].copy(), quat_xyzw
-
-
-def pose_fields_to_matrix(translation_3, quat_xyzw_4) -> np.ndarray:
-    """(translation (3,), quaternion xyzw (4,)) -> 4x4 float64 rigid transform."""
-    T = np.eye(4)
-    T[:3, :3] = Rotation.from_quat(np.asarray(quat_xyzw_4, dtype=np.float64)).as_matrix()
-    T[:3, 3] = np.asarray(translation_3, dtype=np.float64)
-    return T
-
-
 def _fill_pose(pose, T_44: np.ndarray) -> None:
-    translation, quat = matrix_to_pose_fields(T_44)
+    translation, quat = matrix_to_pose_np(T_44)
     pose.position.x, pose.position.y, pose.position.z = (float(v) for v in translation)
     (pose.orientation.x, pose.orientation.y, pose.orientation.z,
      pose.orientation.w) = (float(v) for v in quat)
@@ -229,13 +215,13 @@ def pose_stamped(T_wc_44: np.ndarray, stamp, frame_id: str) -> PoseStamped:
 def pose_msg_to_matrix(pose) -> np.ndarray:
     """geometry_msgs/Pose -> 4x4 (for a camera pose: camera-to-world T_wc)."""
     p, q = pose.position, pose.orientation
-    return pose_fields_to_matrix((p.x, p.y, p.z), (q.x, q.y, q.z, q.w))
+    return pose_to_matrix_np((p.x, p.y, p.z), (q.x, q.y, q.z, q.w))
 
 
 def transform_msg_to_matrix(transform) -> np.ndarray:
     """geometry_msgs/Transform -> 4x4 (parent <- child)."""
     t, q = transform.translation, transform.rotation
-    return pose_fields_to_matrix((t.x, t.y, t.z), (q.x, q.y, q.z, q.w))
+    return pose_to_matrix_np((t.x, t.y, t.z), (q.x, q.y, q.z, q.w))
 
 
 def pose_with_covariance_stamped(T_wc_44: np.ndarray, covariance_ros_66: np.ndarray, stamp,
@@ -259,7 +245,7 @@ def transform_stamped(T_parent_child_44: np.ndarray, stamp, parent_frame: str,
     msg.header.stamp = stamp
     msg.header.frame_id = parent_frame
     msg.child_frame_id = child_frame
-    translation, quat = matrix_to_pose_fields(T_parent_child_44)
+    translation, quat = matrix_to_pose_np(T_parent_child_44)
     msg.transform.translation.x, msg.transform.translation.y, msg.transform.translation.z = (
         float(v) for v in translation)
     (msg.transform.rotation.x, msg.transform.rotation.y, msg.transform.rotation.z,

@@ -26,6 +26,7 @@ from sensor_msgs.msg import CameraInfo, Image
 
 from dsac_ros.data.atomic import write_json_atomic
 from dsac_ros.data.seven_scenes import SceneDataset
+from dsac_ros.geometry.camera import scale_intrinsics_np
 from dsac_ros.ros.messages import intrinsics_to_camera_info, ns_to_stamp, rgb_to_image_msg
 
 
@@ -94,13 +95,7 @@ def load_frames(root: Path, split: str, resize: tuple[int, int] | None = None
 def _resized(frame: SequenceFrame, size: tuple[int, int]) -> SequenceFrame:
     height, width = frame.image_rgb.shape[:2]
     image = cv2.resize(frame.image_rgb, size, interpolation=cv2.INTER_AREA)
-    sx, sy = size[0] / width, size[1] / height
-    K = frame.K.copy()
-    K[0, 0] *= sx
-    K[1, 1] *= sy
-    # Pixel centres at integer coordinates: c' = (c + 0.5) * s - 0.5.
-    K[0, 2] = (K[0, 2] + 0.5) * sx - 0.5
-    K[1, 2] = (K[1, 2] + 0.5) * sy - 0.5
+    K = scale_intrinsics_np(frame.K, size[0] / width, size[1] / height)
     return SequenceFrame(frame.name, image, K, frame.T_wc)
 
 

@@ -13,6 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from dsac_ros.evaluation.metrics import median, within
+from dsac_ros.geometry.transforms import pose_errors_np
+
 
 @dataclass(frozen=True)
 class MatchedPoses:
@@ -51,16 +54,6 @@ def match_by_stamp(gt: dict, recorded: dict) -> MatchedPoses:
                         np.asarray(stamps, np.int64), np.asarray(latency, np.float64))
 
 
-def pose_errors(T_wc_est_n44: np.ndarray, T_wc_gt_n44: np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """Rotation error (degrees) and camera-centre error (metres) per pose, (N,) each."""
-    R_delta = np.einsum('nji,njk->nik', T_wc_est_n44[:, :3, :3], T_wc_gt_n44[:, :3, :3])
-    cos = np.clip((np.trace(R_delta, axis1=1, axis2=2) - 1.0) / 2.0, -1.0, 1.0)
-    rot_deg = np.degrees(np.arccos(cos))
-    trans_m = np.linalg.norm(T_wc_est_n44[:, :3, 3] - T_wc_gt_n44[:, :3, 3], axis=1)
-    return rot_deg, trans_m
-
-
 @dataclass(frozen=True)
 class AccuracySummary:
     """Accuracy over the frames that got a pose, and coverage of the published frames."""
@@ -76,11 +69,15 @@ class AccuracySummary:
     p90_latency_ms: float
 
 
-def summarize(gt: dict, recorded: dict, cm: float = 5.0, deg: float = 5.0) -> AccuracySummary:
+def summarize_recording(gt: dict, recorded: dict, cm: float = 5.0, deg: float = 5.0
+                        ) -> AccuracySummary:
+    """Accuracy of a recorded run against the player's ground truth (errors and thresholds of
+    `dsac_ros.evaluation.metrics`; a published frame without a pose counts as a failure in
+    ``within_5cm_5deg_of_published_pct``)."""
     matched = match_by_stamp(gt, recorded)
     n = len(matched.stamp_ns_n)
-    rot, trans = pose_errors(matched.T_wc_est_n44, matched.T_wc_gt_n44)
-    good = int(np.count_nonzero((rot < deg) & (trans < cm / 100.0)))
+    rot, trans = pose_errors_np(matched.T_wc_est_n44, matched.T_wc_gt_n44, 'T_wc')
+    good = int(np.count_nonzero(within(rot, trans, cm / 100.0, deg)))
     nan = float('nan')
     published = len(gt['frames'])
     return AccuracySummary(
@@ -89,9 +86,9 @@ def summarize(gt: dict, recorded: dict, cm: float = 5.0, deg: float = 5.0) -> Ac
         poses_matched=n,
         within_5cm_5deg_pct=100.0 * good / n if n else 0.0,
         within_5cm_5deg_of_published_pct=100.0 * good / published if published else 0.0,
-        median_rotation_deg=float(np.median(rot)) if n else nan,
-        median_translation_m=float(np.median(trans)) if n else nan,
-        median_latency_ms=float(np.median(matched.latency_ms_n)) if n else nan,
+        median_rotation_deg=median(rot),
+        median_translation_m=median(trans),
+        median_latency_ms=median(matched.latency_ms_n),
         p90_latency_ms=float(np.percentile(matched.latency_ms_n, 90)) if n else nan,
     )
 
