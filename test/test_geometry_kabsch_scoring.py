@@ -10,7 +10,13 @@ import torch
 
 from dsac_ros.geometry.camera import cell_centers
 from dsac_ros.geometry.kabsch import kabsch
-from dsac_ros.geometry.scoring import hard_inliers, reprojection_errors, soft_inlier_count
+from dsac_ros.geometry.scoring import (
+    ScratchBuffers,
+    hard_inliers,
+    reprojection_error_maps,
+    reprojection_errors,
+    soft_inlier_count,
+)
 from dsac_ros.geometry.transforms import pose_errors, se3_exp, transform_points
 
 F64 = torch.float64
@@ -185,3 +191,27 @@ def test_scoring_shape_errors():
     with pytest.raises(ValueError, match='points_world'):
         reprojection_errors(torch.eye(4, dtype=F64), torch.zeros(4, 2, dtype=F64),
                             torch.zeros(4, 2, dtype=F64), K)
+
+
+def test_error_maps_with_buffers_equal_the_general_function():
+    """The estimator's hot path (scratch buffers, in place) and `reprojection_errors` are one
+    computation."""
+    g = torch.Generator().manual_seed(7)
+    B, M, H, W = 2, 5, 4, 6
+    K = torch.from_numpy(K_NP).expand(B, 3, 3).contiguous()
+    T = se3_exp(0.05 * torch.randn(B, M, 6, generator=g, dtype=F64))
+    coords = torch.cat([torch.randn(B, 2, H, W, generator=g, dtype=F64),
+                        2 + torch.rand(B, 1, H, W, generator=g, dtype=F64)], 1)
+    coords[1, :, 0, 0] = float('nan')
+    pix = cell_centers(H, W, 8, dtype=F64)
+    expected = reprojection_errors(T, coords, pix, K, max_error_px=100.0)
+    points = coords.flatten(2)
+    valid = torch.isfinite(points).all(1)
+    points_b4m = torch.cat([torch.nan_to_num(points), valid[:, None].to(F64)], 1)
+    buffers = ScratchBuffers()
+    for _ in range(2):  # the second call reuses the buffers
+        got = reprojection_error_maps(T, K, points_b4m, pix.flatten(1), 100.0, valid,
+                                      buffers=buffers)
+        torch.testing.assert_close(got.reshape(B, M, H, W), expected, rtol=0, atol=1e-12)
+    soft = soft_inlier_count(expected.flatten(2), 10.0, 0.5)
+    torch.testing.assert_close(soft_inlier_count(got, 10.0, 0.5, inplace=True), soft)

@@ -15,9 +15,9 @@ Pipeline per image (all B images and N hypotheses at once, no Python loop over e
      (`expected_pose_loss`, DSAC) every hypothesis is refined, batched.
 
 Speed (benchmarks/bench_estimator.py): the error maps of all hypotheses are one matmul plus a
-few in-place passes into scratch buffers kept per estimator and thread (`_Workspace`; fresh
-multi-megabyte temporaries page-fault on every call); the rest is small batched ops, of which
-the P4P solver is the largest share.
+few in-place passes into scratch buffers kept per estimator and thread
+(`geometry.scoring.ScratchBuffers`; fresh multi-megabyte temporaries page-fault on every call);
+the rest is small batched ops, of which the P4P solver is the largest share.
 
 Poses are T_cw (world-to-camera, x_cam = R x_world + t, OpenCV camera axes); T_wc is its
 inverse (camera-to-world, what ROS publishes as map -> camera).
@@ -38,6 +38,7 @@ from dsac_ros.dsac.config import EstimatorConfig, ScoreFn, Selection
 from dsac_ros.dsac.sampling import sample_minimal_sets, uniform
 from dsac_ros.geometry.camera import cell_centers, check_intrinsics
 from dsac_ros.geometry.pnp import pnp_information, refine_pnp, solve_p4p
+from dsac_ros.geometry.scoring import ScratchBuffers, reprojection_error_maps, soft_inlier_count
 from dsac_ros.geometry.transforms import (
     invert_se3,
     matrix_to_quaternion,
@@ -53,8 +54,6 @@ logger = logging.getLogger(__name__)
 _NO_POSE_VARIANCE = 1.0e6
 # Error-map elements per group of images in `_score_pool`.
 _ERRORS_PER_GROUP = 1 << 22
-# Points with camera z below this (metres) count as behind the camera.
-_MIN_DEPTH = 1.0e-6
 
 
 @dataclass
@@ -122,28 +121,6 @@ class _Frame:
                        usable_b=self.usable_b[start:stop])
 
 
-class _Workspace:
-    """Scratch buffers for the inference error maps, reused from call to call.
-
-    The (N, M) temporaries of one frame are megabytes; freshly allocated each call, the C
-    allocator hands them back to the OS and every call page-faults them in again, which cost
-    about a third of the CPU time per frame at 60x80 cells. Buffers only grow; they are views
-    valid until the next call (one workspace per thread, see `DsacEstimator`).
-    """
-
-    def __init__(self) -> None:
-        self._buffers: dict[str, Tensor] = {}
-
-    def take(self, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
-        numel = math.prod(shape)
-        buf = self._buffers.get(name)
-        if (buf is None or buf.numel() < numel or buf.dtype != like.dtype
-                or buf.device != like.device):
-            buf = torch.empty(numel, dtype=like.dtype, device=like.device)
-            self._buffers[name] = buf
-        return buf[:numel].view(shape)
-
-
 def _prepare(scene_coords_b3hw: Tensor, K_b33: Tensor, stride: int,
              config: EstimatorConfig) -> _Frame:
     """Check shapes / intrinsics and flatten the map; raises ValueError naming the problem."""
@@ -187,72 +164,19 @@ def _prepare(scene_coords_b3hw: Tensor, K_b33: Tensor, stride: int,
                   width=W, usable_b=usable_b)
 
 
-def reprojection_error_maps(T_cw_bk44: Tensor, frame: _Frame, max_error_px: float,
-                            workspace: _Workspace | None = None) -> Tensor:
-    """Reprojection errors (px) of all cells under K poses per image: (B, K, M).
-
-    One batched matmul (K [R|t])_k @ [X; 1] for all K poses, then per cell
-    e = |(p_x - u p_z, p_y - v p_z)| / p_z, which needs no per-hypothesis division of x and y.
-    Invalid cells get `max_error_px`; a point behind the camera (p_z <= 1e-6 m) is divided by
-    1e-6, which pushes it to `max_error_px` unless it lies within microns of the camera centre.
-    All errors are clamped to `max_error_px`. With a `workspace` (inference only, no autograd)
-    the result lives in its buffers and is valid until the workspace is used again.
-    """
-    B, Kh = T_cw_bk44.shape[:2]
-    M = frame.points_b4m.shape[2]
-    P_bk34 = frame.K_b33[:, None] @ T_cw_bk44[:, :, :3, :]
-    grad = torch.is_grad_enabled() and (T_cw_bk44.requires_grad or frame.points_b4m.requires_grad)
-    if grad:
-        workspace = None
-    ref = frame.points_b4m
-
-    def buffer(name: str, shape: tuple[int, ...]) -> Tensor | None:
-        return workspace.take(name, shape, ref) if workspace is not None else None
-
-    if B == 1:  # a plain mm is about twice as fast as a one-batch bmm on CPU
-        proj_bk3m = torch.mm(P_bk34.reshape(Kh * 3, 4), frame.points_b4m[0],
-                             out=buffer('proj', (Kh * 3, M)))
-    else:
-        proj_bk3m = torch.bmm(P_bk34.reshape(B, Kh * 3, 4), frame.points_b4m,
-                              out=buffer('proj', (B, Kh * 3, M)))
-    proj_bk3m = proj_bk3m.reshape(B, Kh, 3, M)
-    x, y, z = proj_bk3m.unbind(2)
-    qu = torch.addcmul(x, z, frame.pixels_2m[0], value=-1.0, out=buffer('qu', (B, Kh, M)))
-    qv = torch.addcmul(y, z, frame.pixels_2m[1], value=-1.0, out=buffer('qv', (B, Kh, M)))
-    if grad:
-        # tiny offset: finite sqrt gradient at zero error
-        err = torch.sqrt(qu * qu + qv * qv + 1e-12) / z.clamp(min=_MIN_DEPTH)
-        err = err.clamp(max=max_error_px)
-    else:  # inference: in place, no autograd bookkeeping
-        z = torch.clamp(z, min=_MIN_DEPTH, out=buffer('z', (B, Kh, M)))
-        err = qu.mul_(qu).addcmul_(qv, qv).sqrt_().div_(z).clamp_(max=max_error_px)
-    if frame.has_invalid:
-        invalid = ~frame.valid_bm[:, None]
-        err = err.masked_fill_(invalid, max_error_px) if not grad else err.masked_fill(
-            invalid, max_error_px)
-    return err
-
-
-def soft_inlier_score(errors_bnm: Tensor, config: EstimatorConfig) -> Tensor:
-    """Soft inlier count sum_i sigmoid(beta (tau - e_i)) over cells: (B, N, M) -> (B, N)."""
-    beta = config.soft_inlier_beta
-    if torch.is_grad_enabled() and errors_bnm.requires_grad:
-        return torch.sigmoid(beta * (config.inlier_threshold_px - errors_bnm)).sum(dim=-1)
-    logits = torch.mul(errors_bnm, -beta).add_(beta * config.inlier_threshold_px)
-    return logits.sigmoid_().sum(dim=-1)
-
-
-def _soft_inlier_score_(errors_bnm: Tensor, config: EstimatorConfig) -> Tensor:
-    """`soft_inlier_score` that overwrites `errors_bnm` (inference scratch buffers)."""
-    beta = config.soft_inlier_beta
-    logits = errors_bnm.mul_(-beta).add_(beta * config.inlier_threshold_px)
-    return logits.sigmoid_().sum(dim=-1)
+def _error_maps(T_cw_bk44: Tensor, frame: _Frame, max_error_px: float,
+                buffers: ScratchBuffers | None = None) -> Tensor:
+    """Reprojection errors (px) of all cells under K poses per image: (B, K, M)
+    (`geometry.scoring.reprojection_error_maps`; invalid cells get `max_error_px`)."""
+    return reprojection_error_maps(T_cw_bk44, frame.K_b33, frame.points_b4m, frame.pixels_2m,
+                                   max_error_px, frame.valid_bm if frame.has_invalid else None,
+                                   buffers=buffers)
 
 
 def _score(errors_bnm: Tensor, frame: _Frame, config: EstimatorConfig,
            score_fn: ScoreFn | None) -> Tensor:
     if score_fn is None:
-        return soft_inlier_score(errors_bnm, config)
+        return soft_inlier_count(errors_bnm, config.inlier_threshold_px, config.soft_inlier_beta)
     B, N = errors_bnm.shape[:2]
     scores = score_fn(errors_bnm.reshape(B, N, frame.height, frame.width))
     if not isinstance(scores, Tensor) or scores.shape != (B, N):
@@ -262,7 +186,7 @@ def _score(errors_bnm: Tensor, frame: _Frame, config: EstimatorConfig,
 
 
 def _score_pool(T_cw_bn44: Tensor, frame: _Frame, config: EstimatorConfig,
-                score_fn: ScoreFn | None, workspace: _Workspace | None = None) -> Tensor:
+                score_fn: ScoreFn | None, buffers: ScratchBuffers | None = None) -> Tensor:
     """Scores (B, N) of all hypotheses: error maps + score function, in groups of images small
     enough (about 4M errors) that one huge (B, N, M) block per op does not spill memory."""
     B, N = T_cw_bn44.shape[:2]
@@ -270,10 +194,11 @@ def _score_pool(T_cw_bn44: Tensor, frame: _Frame, config: EstimatorConfig,
     parts = []
     for start in range(0, B, group):  # groups of images bounded by memory, usually one
         sub = frame.images(start, start + group) if group < B else frame
-        errors = reprojection_error_maps(T_cw_bn44[start:start + group], sub,
-                                         config.max_reprojection_error_px, workspace)
-        if score_fn is None and workspace is not None and not errors.requires_grad:
-            parts.append(_soft_inlier_score_(errors, config))
+        errors = _error_maps(T_cw_bn44[start:start + group], sub,
+                             config.max_reprojection_error_px, buffers)
+        if score_fn is None and buffers is not None and not errors.requires_grad:
+            parts.append(soft_inlier_count(errors, config.inlier_threshold_px,
+                                           config.soft_inlier_beta, inplace=True))
         else:
             parts.append(_score(errors, sub, config, score_fn))
     return parts[0] if len(parts) == 1 else torch.cat(parts)
@@ -377,7 +302,7 @@ def refine_hypotheses(T_cw_bk44: Tensor, frame: _Frame, config: EstimatorConfig,
     T = T_cw_bk44
     for _ in range(config.refinement_steps):  # over refinement rounds, not hypotheses
         with torch.no_grad():
-            err = reprojection_error_maps(T.detach(), frame, config.max_reprojection_error_px)
+            err = _error_maps(T.detach(), frame, config.max_reprojection_error_px)
             cells, weights, count = _select_refinement_set(err, priority_bm, config)
             active_bk = active_bk & (count >= config.min_refinement_inliers)
             if config.stop_when_inliers_unchanged:
@@ -418,13 +343,13 @@ class DsacEstimator:
         self.config = config if config is not None else EstimatorConfig()
         self.score_fn = score_fn
         self.device = None if device is None else resolve_device(device, strict=True)
-        self._local = threading.local()  # per-thread scratch buffers (_Workspace)
+        self._local = threading.local()  # per-thread ScratchBuffers
 
-    def _workspace(self) -> _Workspace:
-        workspace = getattr(self._local, 'workspace', None)
-        if workspace is None:
-            workspace = self._local.workspace = _Workspace()
-        return workspace
+    def _buffers(self) -> ScratchBuffers:
+        buffers = getattr(self._local, 'buffers', None)
+        if buffers is None:
+            buffers = self._local.buffers = ScratchBuffers()
+        return buffers
 
     @torch.no_grad()
     def estimate(self, scene_coords_b3hw: Tensor, K_b33: Tensor, stride: int = 8,
@@ -461,7 +386,7 @@ class DsacEstimator:
         ar = torch.arange(B, device=device)
 
         T_bn44, ok_bn = _generate_hypotheses(frame, config, generator)
-        scores = _score_pool(T_bn44, frame, config, self.score_fn, self._workspace())
+        scores = _score_pool(T_bn44, frame, config, self.score_fn, self._buffers())
         logits = _selection_logits(scores, ok_bn, config)
         probs = torch.softmax(logits, dim=1)
         has_hyp_b = ok_bn.any(dim=1)
@@ -478,8 +403,7 @@ class DsacEstimator:
                 index_b = torch.argmax(logits, dim=1)
             T_sel = T_bn44[ar, index_b]
         T_ref = refine_hypotheses(T_sel[:, None], frame, config, priority_bm)[:, 0]
-        err_final = reprojection_error_maps(T_ref[:, None], frame,
-                                            config.max_reprojection_error_px)[:, 0]
+        err_final = _error_maps(T_ref[:, None], frame, config.max_reprojection_error_px)[:, 0]
         if config.polish_with_all_inliers:
             T_ref, err_final = _polish(T_ref, err_final, frame, config)
             weights_bm = err_final < config.inlier_threshold_px
@@ -526,7 +450,7 @@ def _polish(T_cw_b44: Tensor, errors_bm: Tensor, frame: _Frame,
                        frame.K_b33, weights_bn=inlier_bm.to(T_cw_b44.dtype),
                        iterations=config.refinement_pnp_iterations)
     T_out = torch.where(enough[:, None, None], T_new, T_cw_b44)
-    err = reprojection_error_maps(T_out[:, None], frame, config.max_reprojection_error_px)
+    err = _error_maps(T_out[:, None], frame, config.max_reprojection_error_px)
     return T_out, err[:, 0]
 
 
