@@ -77,15 +77,15 @@ class RelocalizerConfig:
             False: the soft inlier count (paper Eq. 8 with a sigmoid), which needs no training
             and is what a componentwise-trained model without a score CNN is used with.
         precision: network arithmetic, see `NetworkPrecision`.
-        seed: seed of the torch.Generator created for every call, so the same image gives the
-            same pose.
+
+    The sampling seed is ``estimator.seed``: every call draws from a generator seeded with it,
+    so the same image gives the same pose.
     """
 
     device: str = 'auto'
     estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
     use_score_net: bool = False
     precision: NetworkPrecision = NetworkPrecision.AUTO
-    seed: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.precision, NetworkPrecision):
@@ -312,9 +312,9 @@ class Relocalizer:
         if selection is not None and Selection(selection) != estimator.config.selection:
             estimator = self._estimator_for(estimator, Selection(selection))
         t0 = time.perf_counter()
-        generator = torch.Generator(device=self.device).manual_seed(int(self.config.seed))
+        # generator None: a fresh one seeded with the estimator's seed (same image, same pose).
         est: PoseEstimate = estimator.estimate(prediction.scene_coords_b3hw, prediction.K_b33,
-                                               self.coord_net.stride, generator)
+                                               self.coord_net.stride)
         T_cw = est.T_cw_b44.double().cpu().numpy()
         T_wc = est.T_wc_b44.double().cpu().numpy()
         cov = est.covariance_b66.double().cpu().numpy()

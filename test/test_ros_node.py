@@ -391,9 +391,13 @@ def test_compressed_input_without_camera_info(ros_env, model_path, frames, tmp_p
 
 class _KnownPoseRelocalizer:
     """Deterministic stand-in for Relocalizer: a fixed pose and covariance, so the test checks
-    the node's adapter (messages, frames, stamps, TF, covariance mapping, min_inliers) exactly."""
+    the node's adapter (messages, frames, stamps, TF, covariance mapping, the estimator
+    parameters it hands over, among them min_inliers) exactly. Like the estimator, it gives a
+    valid pose only with at least ``min_inliers_for_pose`` inliers."""
 
     def __init__(self, inliers: int) -> None:
+        from dsac_ros.dsac import EstimatorConfig
+
         rng = np.random.default_rng(7)
         self.T_wc = np.eye(4)
         self.T_wc[:3, :3] = cv2.Rodrigues(rng.normal(size=3))[0]
@@ -401,10 +405,15 @@ class _KnownPoseRelocalizer:
         A = rng.normal(size=(6, 6)) * 1e-2
         self.covariance = A @ A.T
         self.inliers = inliers
+        self.estimator_config = EstimatorConfig()
+
+    def set_estimator_config(self, config) -> None:
+        self.estimator_config = config
 
     def localize(self, image, K):
+        valid = self.inliers >= self.estimator_config.min_inliers_for_pose
         return type('Localization', (), {
-            'T_wc': self.T_wc, 'T_cw': np.linalg.inv(self.T_wc), 'valid': True,
+            'T_wc': self.T_wc, 'T_cw': np.linalg.inv(self.T_wc), 'valid': valid,
             'inlier_count': self.inliers, 'inlier_ratio': 0.5, 'score_entropy': 0.25,
             'covariance': self.covariance, 'timings': {'network': 1.0, 'estimator': 1.0}})()
 
@@ -435,7 +444,9 @@ def test_published_messages_carry_the_relocalizer_pose(ros_env, frames):
                                    atol=1e-12)
         np.testing.assert_allclose(np.reshape(pose_cov.pose.covariance, (6, 6)),
                                    messages.covariance_to_ros(reloc.covariance, reloc.T_wc))
-        # Below min_inliers: processed, but no pose.
+        # The node's parameters reach the relocalizer; below min_inliers: processed, no pose.
+        assert reloc.estimator_config.min_inliers_for_pose == 100
+        assert reloc.estimator_config.inlier_threshold_px == 5.0
         reloc.inliers = 99
         client.publish(*_good(frames[1]))
         assert wait_for(lambda: client.counter('frames_without_pose') >= 1, 5.0)
@@ -532,7 +543,6 @@ def test_player_node_recorder_accuracy(played, model_path, scene_dir):
     import torch
 
     from dsac_ros.relocalizer import Relocalizer, RelocalizerConfig
-    from dsac_ros.ros.node import estimator_config
     from dsac_ros.ros.parameters import NodeSettings
 
     gt, recorded, _ = played
@@ -542,7 +552,7 @@ def test_player_node_recorder_accuracy(played, model_path, scene_dir):
     settings = NodeSettings(**{k: v for k, v in NODE_TEST_PARAMS.items()
                                if k != 'input_reliability'})
     reference = Relocalizer.from_checkpoint(model_path, RelocalizerConfig(
-        device='cpu', estimator=estimator_config(settings), seed=settings.seed))
+        device='cpu', estimator=settings.estimator_config()))
     frames_by_name = {f.name: f for f in load_frames(scene_dir, 'test')}
     name_by_stamp = {f['stamp_ns']: f['name'] for f in gt['frames']}
     rot, trans = [], []

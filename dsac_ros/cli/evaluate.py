@@ -84,7 +84,7 @@ def parse_args(argv: list[str] | None = None) -> EvaluateCommand:
         config = EvaluationConfig(split=args.split, selections=selections, estimator=estimator,
                                   device=args.device, max_frames=args.max_frames,
                                   use_score_net=args.score_net, precision=args.precision,
-                                  seed=args.seed, progress=not args.no_progress)
+                                  progress=not args.no_progress)
     except ValueError as exc:
         parser.error(str(exc))
     if args.threads is not None and args.threads < 1:

@@ -1,8 +1,8 @@
 """Evaluate a checkpoint on a scene's test split with RANSAC / SoftAM / DSAC selection.
 
 The network runs once per frame; its scene-coordinate map is reused by every selection mode, and
-every mode draws the same hypothesis pool (the relocalizer's generator is seeded per call), so
-the modes differ only in how they select (the paper's Table 1 comparison).
+every mode draws the same hypothesis pool (the generator is seeded with ``estimator.seed`` on
+every call), so the modes differ only in how they select (the paper's Table 1 comparison).
 """
 
 from __future__ import annotations
@@ -29,12 +29,12 @@ class EvaluationConfig:
     Attributes:
         split: 'test' or 'train' (7-Scenes split files).
         selections: selection modes to run on every frame (network output shared).
-        estimator: estimator settings (its `selection` is replaced by each of `selections`).
+        estimator: estimator settings (its `selection` is replaced by each of `selections`;
+            its `seed` gives every frame and mode the same hypotheses).
         device: 'auto' | 'cpu' | 'cuda' (see `RelocalizerConfig`).
         max_frames: evaluate at most this many frames, evenly spaced over the split (None = all).
         use_score_net: score hypotheses with the checkpoint's ScoreNet (else soft inliers).
         precision: network precision (see `NetworkPrecision`).
-        seed: relocalizer seed (same seed -> same hypotheses for every frame and mode).
         progress: show a tqdm progress bar on stderr.
     """
 
@@ -45,7 +45,6 @@ class EvaluationConfig:
     max_frames: int | None = None
     use_score_net: bool = False
     precision: NetworkPrecision = NetworkPrecision.AUTO
-    seed: int = 0
     progress: bool = False
 
     def __post_init__(self) -> None:
@@ -132,7 +131,7 @@ def evaluate(checkpoint: str | os.PathLike | Relocalizer, scene_root: str | os.P
     else:
         relocalizer = Relocalizer.from_checkpoint(checkpoint, RelocalizerConfig(
             device=config.device, estimator=config.estimator,
-            use_score_net=config.use_score_net, precision=config.precision, seed=config.seed))
+            use_score_net=config.use_score_net, precision=config.precision))
         checkpoint_name = str(checkpoint)
     indices = frame_indices(len(dataset), config.max_frames)
     n = len(indices)

@@ -38,7 +38,6 @@ localizes it and publishes. When inference is slower than the camera, older fram
 
 from __future__ import annotations
 
-from dataclasses import replace
 import importlib.resources
 from pathlib import Path
 import sys
@@ -64,41 +63,23 @@ from dsac_ros.ros.messages import (
     transform_stamped,
 )
 from dsac_ros.ros.parameters import (
+    ESTIMATOR_PARAMETERS,
     NodeSettings,
     Reliability,
     current_settings,
     declare_parameters,
-    validate,
 )
 from dsac_ros.ros.pipeline import FramePipeline, FrameResult, LatestSlot, ReceivedFrame
 from dsac_ros.ros.tf_broadcaster import TransformBroadcaster
 
 NODE_NAME = 'relocalize_node'
 DIAGNOSTIC_NAME = 'dsac_ros: relocalization'
-_ESTIMATOR_PARAMS = ('selection', 'num_hypotheses', 'inlier_threshold_px', 'refinement_steps',
-                     'min_inliers')
 _WARN_PERIOD_S = 5.0
 
 
 def default_model_path() -> Path:
     """The shipped demo model (dsac_ros/assets/demo_model.pt)."""
     return Path(str(importlib.resources.files('dsac_ros') / 'assets' / 'demo_model.pt'))
-
-
-def estimator_config(settings: NodeSettings, base=None):
-    """EstimatorConfig from the node's estimator parameters (others from ``base``/defaults).
-
-    Raises:
-        ValueError: the combination is invalid (EstimatorConfig's own checks).
-    """
-    from dsac_ros.dsac.config import EstimatorConfig
-
-    base = base if base is not None else EstimatorConfig()
-    return replace(base, selection=settings.selection, num_hypotheses=settings.num_hypotheses,
-                   inlier_threshold_px=settings.inlier_threshold_px,
-                   refinement_steps=settings.refinement_steps,
-                   min_inliers_for_pose=min(base.min_inliers_for_pose, settings.min_inliers),
-                   seed=settings.seed)
 
 
 def load_relocalizer(settings: NodeSettings, logger=None):
@@ -121,8 +102,8 @@ def load_relocalizer(settings: NodeSettings, logger=None):
         raise FileNotFoundError(f'model file {path} does not exist{hint}')
     device = str(resolve_device(settings.device,
                                 warn=None if logger is None else logger.warning))
-    config = RelocalizerConfig(device=device, estimator=estimator_config(settings),
-                               use_score_net=settings.use_score_net, seed=settings.seed)
+    config = RelocalizerConfig(device=device, estimator=settings.estimator_config(),
+                               use_score_net=settings.use_score_net)
     relocalizer = Relocalizer.from_checkpoint(path, config)
     if logger is not None:
         logger.info(f'loaded model {path} on {device}')
@@ -149,8 +130,11 @@ class RelocalizeNode(Node):
     """Subscribes camera images, publishes the camera pose in the map (see module doc).
 
     Args:
-        relocalizer: an object with ``localize(image_rgb_hw3, K_33 or None)``; loaded from the
-            model_path parameter when None (tests and benchmarks can pass their own).
+        relocalizer: a `dsac_ros.relocalizer.Relocalizer`, or an object with its
+            ``localize(image_rgb_hw3, K_33 or None)``, ``estimator_config`` and
+            ``set_estimator_config(config)``; loaded from the model_path parameter when None
+            (tests and benchmarks can pass their own). The node's estimator parameters are
+            applied to it at start and whenever they change.
         **node_kwargs: forwarded to rclpy's Node (context, parameter_overrides, ...).
 
     Raises:
@@ -171,6 +155,7 @@ class RelocalizeNode(Node):
         s = self.settings
         self._relocalizer = (relocalizer if relocalizer is not None
                              else load_relocalizer(s, self.get_logger()))
+        self._apply_estimator_settings()
         self._pipeline = FramePipeline(self._relocalizer)
         self._slot: LatestSlot[ReceivedFrame] = LatestSlot()
         self._stats = _Stats()
@@ -211,27 +196,24 @@ class RelocalizeNode(Node):
 
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
         """Refuses invalid values with a reason (read-only ones rclpy refuses itself)."""
-        pending = {}
-        for p in params:
-            reason = validate(p.name, p.value)
-            if reason is not None:
-                return SetParametersResult(successful=False, reason=reason)
-            pending[p.name] = p.value
-        if any(name in pending for name in _ESTIMATOR_PARAMS):
-            try:
-                estimator_config(current_settings(self, pending))
-            except ValueError as exc:
-                return SetParametersResult(successful=False, reason=str(exc))
+        try:
+            current_settings(self, {p.name: p.value for p in params})
+        except ValueError as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
         return SetParametersResult(successful=True)
 
     def _after_set_parameters(self, params: list[Parameter]) -> None:
         self.settings = current_settings(self)
-        if any(p.name in _ESTIMATOR_PARAMS for p in params):
-            set_config = getattr(self._relocalizer, 'set_estimator_config', None)
-            if set_config is not None:
-                set_config(estimator_config(self.settings))
+        if any(p.name in ESTIMATOR_PARAMETERS for p in params):
+            self._apply_estimator_settings()
         self.get_logger().info(
             'parameters set: ' + ', '.join(f'{p.name}={p.value!r}' for p in params))
+
+    def _apply_estimator_settings(self) -> None:
+        """The estimator parameters -> the relocalizer (its other estimator settings kept)."""
+        relocalizer = self._relocalizer
+        relocalizer.set_estimator_config(
+            self.settings.estimator_config(relocalizer.estimator_config))
 
     # -- subscriptions (executor thread): store only -------------------------------------------
 
@@ -284,14 +266,14 @@ class RelocalizeNode(Node):
             return
         loc = result.localization
         inliers = int(loc.inlier_count)
-        has_pose = bool(loc.valid) and inliers >= self.settings.min_inliers
+        has_pose = bool(loc.valid)  # the estimator applies min_inliers
         publish_ms = 0.0
         if has_pose:
             publish_ms = self._publish_pose(frame, result)
         else:
             self.get_logger().warning(
-                f'no pose: {inliers} inliers (min_inliers {self.settings.min_inliers}, '
-                f'valid {bool(loc.valid)})', throttle_duration_sec=_WARN_PERIOD_S)
+                f'no pose: fewer than min_inliers={self.settings.min_inliers} inliers',
+                throttle_duration_sec=_WARN_PERIOD_S)
         now_mono, now_ns = time.monotonic(), time.time_ns()
         stamp_ns = stamp_to_ns(frame.msg.header.stamp)
         latency_ms = 1e3 * (now_mono - frame.received_monotonic)
@@ -320,7 +302,7 @@ class RelocalizeNode(Node):
             else:
                 st.without_pose += 1
                 st.level = DiagnosticStatus.WARN
-                st.message = f'no pose ({inliers} inliers < {self.settings.min_inliers})'
+                st.message = f'no pose (fewer than {self.settings.min_inliers} inliers)'
 
     def _warn_throttled(self, reason: str, text: str) -> None:
         """At most one warning per kind of problem (its text up to the first digit) per

@@ -1,4 +1,5 @@
-"""Parameters of the relocalization node: one table of specs, declaration and validation.
+"""Parameters of the relocalization node: NodeSettings (each field with its spec), declaration
+and validation.
 
 Defaults here equal config/relocalize.yaml. Parameters marked read-only are fixed at start
 (topics, model, device, QoS); the others can be changed at run time with ``ros2 param set``
@@ -7,7 +8,7 @@ and are validated by the node's on-set callback (an invalid value is refused wit
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, replace
 from enum import Enum
 import re
 from typing import Any
@@ -16,6 +17,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.node import Node
 
 from dsac_ros.device import Device
+from dsac_ros.dsac.config import EstimatorConfig, Selection
 
 
 class Reliability(str, Enum):
@@ -26,35 +28,9 @@ class Reliability(str, Enum):
 
 
 @dataclass(frozen=True)
-class NodeSettings:
-    """Values of all node parameters (see `PARAMETER_SPECS` for meaning, units and ranges)."""
-
-    model_path: str = ''
-    device: str = Device.AUTO.value
-    num_threads: int = 0
-    seed: int = 0
-    image_topic: str = '/camera/image_raw'
-    camera_info_topic: str = '/camera/camera_info'
-    compressed_input: bool = False
-    input_reliability: str = Reliability.BEST_EFFORT.value
-    pose_topic: str = '/camera_pose'
-    pose_with_covariance_topic: str = '/camera_pose_with_covariance'
-    map_frame: str = 'map'
-    camera_frame: str = ''
-    publish_tf: bool = True
-    use_score_net: bool = False
-    selection: str = 'ransac'
-    num_hypotheses: int = 256
-    inlier_threshold_px: float = 5.0  # 10 px at 640x480 = 5 px at the 320x240 demo model
-    refinement_steps: int = 8
-    min_inliers: int = 50
-    max_rate_hz: float = 0.0
-    diagnostics_period_s: float = 1.0
-
-
-@dataclass(frozen=True)
 class ParameterSpec:
-    """Description and limits of one parameter (ranges are inclusive)."""
+    """Description and limits of one parameter (ranges are inclusive); ``choices`` are the
+    values of an Enum."""
 
     description: str
     read_only: bool = False
@@ -63,55 +39,111 @@ class ParameterSpec:
     choices: tuple[str, ...] = ()
 
 
-PARAMETER_SPECS: dict[str, ParameterSpec] = {
-    'model_path': ParameterSpec(
-        'Checkpoint (.pt) of the scene; empty: the shipped demo model (dsac_ros/assets).',
-        read_only=True),
-    'device': ParameterSpec(
+def _parameter(default: Any, description: str, *, read_only: bool = False,
+               min_value: float | None = None, max_value: float | None = None,
+               choices: type[Enum] | None = None) -> Any:
+    """A NodeSettings field carrying its ParameterSpec."""
+    spec = ParameterSpec(description, read_only, min_value, max_value,
+                         tuple(c.value for c in choices) if choices is not None else ())
+    return field(default=default, metadata={'spec': spec})
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """Values of all node parameters, each field with its `ParameterSpec` (meaning, units,
+    range, read-only). Constructing one validates every value (`validate`): ValueError names the
+    parameter and the reason. Integers given for float parameters are taken as floats."""
+
+    model_path: str = _parameter(
+        '', 'Checkpoint (.pt) of the scene; empty: the shipped demo model (dsac_ros/assets).',
+        read_only=True)
+    device: str = _parameter(
+        Device.AUTO.value,
         "'auto' (CUDA when present), 'cuda' (falls back to CPU with a warning) or 'cpu'.",
-        read_only=True, choices=tuple(d.value for d in Device)),
-    'num_threads': ParameterSpec("CPU threads for torch; 0 keeps torch's default.",
-                                 read_only=True, min_value=0, max_value=256),
-    'seed': ParameterSpec('Seed of the hypothesis sampler (repeatable poses).', read_only=True,
-                          min_value=0, max_value=2**31 - 1),
-    'image_topic': ParameterSpec(
+        read_only=True, choices=Device)
+    num_threads: int = _parameter(0, "CPU threads for torch; 0 keeps torch's default.",
+                                  read_only=True, min_value=0, max_value=256)
+    seed: int = _parameter(0, 'Seed of the hypothesis sampler (repeatable poses).',
+                           read_only=True, min_value=0, max_value=2**31 - 1)
+    image_topic: str = _parameter(
+        '/camera/image_raw',
         'Image topic (sensor_msgs/Image); with compressed_input the CompressedImage is read '
-        'from <image_topic>/compressed as image_transport publishes it.', read_only=True),
-    'camera_info_topic': ParameterSpec('sensor_msgs/CameraInfo of the camera.', read_only=True),
-    'compressed_input': ParameterSpec('Subscribe to sensor_msgs/CompressedImage (jpeg/png).',
-                                      read_only=True),
-    'input_reliability': ParameterSpec(
+        'from <image_topic>/compressed as image_transport publishes it.', read_only=True)
+    camera_info_topic: str = _parameter('/camera/camera_info',
+                                        'sensor_msgs/CameraInfo of the camera.', read_only=True)
+    compressed_input: bool = _parameter(
+        False, 'Subscribe to sensor_msgs/CompressedImage (jpeg/png).', read_only=True)
+    input_reliability: str = _parameter(
+        Reliability.BEST_EFFORT.value,
         "QoS reliability of the camera subscriptions: 'best_effort' (sensor data) or "
-        "'reliable'.", read_only=True, choices=tuple(r.value for r in Reliability)),
-    'pose_topic': ParameterSpec('geometry_msgs/PoseStamped output (camera pose in map_frame).',
-                                read_only=True),
-    'pose_with_covariance_topic': ParameterSpec(
+        "'reliable'.", read_only=True, choices=Reliability)
+    pose_topic: str = _parameter(
+        '/camera_pose', 'geometry_msgs/PoseStamped output (camera pose in map_frame).',
+        read_only=True)
+    pose_with_covariance_topic: str = _parameter(
+        '/camera_pose_with_covariance',
         'geometry_msgs/PoseWithCovarianceStamped output (covariance in ROS order, map_frame).',
-        read_only=True),
-    'map_frame': ParameterSpec('Frame of the scene model: frame_id of the pose and TF parent.'),
-    'camera_frame': ParameterSpec(
-        'TF child frame (optical frame, OpenCV axes); empty: the image header frame_id.'),
-    'publish_tf': ParameterSpec('Broadcast map_frame -> camera_frame on /tf.'),
-    'use_score_net': ParameterSpec(
-        "Score hypotheses with the checkpoint's score CNN (when it has one); false: soft "
-        'inlier count.', read_only=True),
-    'selection': ParameterSpec(
+        read_only=True)
+    map_frame: str = _parameter(
+        'map', 'Frame of the scene model: frame_id of the pose and TF parent.')
+    camera_frame: str = _parameter(
+        '', 'TF child frame (optical frame, OpenCV axes); empty: the image header frame_id.')
+    publish_tf: bool = _parameter(True, 'Broadcast map_frame -> camera_frame on /tf.')
+    use_score_net: bool = _parameter(
+        False, "Score hypotheses with the checkpoint's score CNN (when it has one); false: "
+        'soft inlier count.', read_only=True)
+    selection: str = _parameter(
+        Selection.RANSAC.value,
         "Hypothesis selection: 'ransac' (argmax score), 'softam' (score-weighted average) or "
-        "'dsac' (sampled from the score softmax).", choices=('ransac', 'softam', 'dsac')),
-    'num_hypotheses': ParameterSpec('Pose hypotheses sampled per frame (RANSAC pool size).',
-                                    min_value=1, max_value=4096),
-    'inlier_threshold_px': ParameterSpec('Reprojection error below which a cell is an inlier, '
-                                         "pixels of the model's input size.",
-                                         min_value=0.5, max_value=50.0),
-    'refinement_steps': ParameterSpec('Inlier re-selection + PnP refinement rounds.',
-                                      min_value=0, max_value=100),
-    'min_inliers': ParameterSpec('Publish a pose only with at least this many inlier cells.',
-                                 min_value=0, max_value=100000),
-    'max_rate_hz': ParameterSpec('Most frames localized per second; 0: as fast as possible.',
-                                 min_value=0.0, max_value=1000.0),
-    'diagnostics_period_s': ParameterSpec('Period of the /diagnostics status, seconds.',
-                                          read_only=True, min_value=0.05, max_value=60.0),
-}
+        "'dsac' (sampled from the score softmax).", choices=Selection)
+    num_hypotheses: int = _parameter(
+        256, 'Pose hypotheses sampled per frame (RANSAC pool size).', min_value=1,
+        max_value=4096)
+    # 10 px at 640x480 = 5 px at the 320x240 demo model
+    inlier_threshold_px: float = _parameter(
+        5.0, "Reprojection error below which a cell is an inlier, pixels of the model's input "
+        'size.', min_value=0.5, max_value=50.0)
+    refinement_steps: int = _parameter(8, 'Inlier re-selection + PnP refinement rounds.',
+                                       min_value=0, max_value=100)
+    min_inliers: int = _parameter(
+        50, 'Publish a pose only with at least this many inlier cells.', min_value=0,
+        max_value=100000)
+    max_rate_hz: float = _parameter(
+        0.0, 'Most frames localized per second; 0: as fast as possible.', min_value=0.0,
+        max_value=1000.0)
+    diagnostics_period_s: float = _parameter(
+        1.0, 'Period of the /diagnostics status, seconds.', read_only=True, min_value=0.05,
+        max_value=60.0)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            reason = validate(f.name, value)
+            if reason is not None:
+                raise ValueError(reason)
+            if isinstance(f.default, float):
+                object.__setattr__(self, f.name, float(value))
+
+    def estimator_config(self, base: EstimatorConfig | None = None) -> EstimatorConfig:
+        """The estimator settings these parameters make (the other fields from ``base`` or the
+        defaults). The node's ranges lie inside the estimator's, so this never raises."""
+        base = base if base is not None else EstimatorConfig()
+        return replace(base, selection=Selection(self.selection),
+                       num_hypotheses=self.num_hypotheses,
+                       inlier_threshold_px=self.inlier_threshold_px,
+                       refinement_steps=self.refinement_steps,
+                       min_inliers_for_pose=self.min_inliers, seed=self.seed)
+
+
+PARAMETER_SPECS: dict[str, ParameterSpec] = {
+    f.name: f.metadata['spec'] for f in fields(NodeSettings)}
+"""Spec of every parameter, by name (the fields' metadata)."""
+
+ESTIMATOR_PARAMETERS = ('selection', 'num_hypotheses', 'inlier_threshold_px',
+                        'refinement_steps', 'min_inliers', 'seed')
+"""Parameters that `NodeSettings.estimator_config` reads."""
+
+_DEFAULTS = {f.name: f.default for f in fields(NodeSettings)}
 
 _FRAME_RE = re.compile(r'^[A-Za-z0-9_][A-Za-z0-9_./-]*$')
 
@@ -121,7 +153,7 @@ def validate(name: str, value: Any) -> str | None:
     spec = PARAMETER_SPECS.get(name)
     if spec is None:
         return None  # not ours (e.g. use_sim_time)
-    default = getattr(NodeSettings(), name)
+    default = _DEFAULTS[name]
     if isinstance(default, bool):
         if not isinstance(value, bool):
             return f'{name} must be a bool, got {value!r}'
@@ -187,21 +219,15 @@ def declare_parameters(node: Node) -> NodeSettings:
             if isinstance(exc, ValueError) and not type(exc).__module__.startswith('rclpy'):
                 raise
             raise ValueError(f'parameter {f.name}: {exc}') from exc
-    return current_settings(node, check=True)
+    return current_settings(node)
 
 
-def current_settings(node: Node, overrides: dict[str, Any] | None = None,
-                     check: bool = False) -> NodeSettings:
-    """NodeSettings from the node's parameters, with ``overrides`` (pending sets) applied."""
-    values = {f.name: node.get_parameter(f.name).value for f in fields(NodeSettings)}
-    values.update(overrides or {})
-    if check:
-        for name, value in values.items():
-            reason = validate(name, value)
-            if reason is not None:
-                raise ValueError(reason)
-    # Integers given for float parameters (e.g. -p max_rate_hz:=5) are accepted as floats.
-    for f in fields(NodeSettings):
-        if isinstance(getattr(NodeSettings(), f.name), float):
-            values[f.name] = float(values[f.name])
+def current_settings(node: Node, overrides: dict[str, Any] | None = None) -> NodeSettings:
+    """NodeSettings from the node's parameters, with ``overrides`` (pending sets) applied.
+
+    Raises:
+        ValueError: a value is invalid (the message names the parameter).
+    """
+    values = {name: node.get_parameter(name).value for name in PARAMETER_SPECS}
+    values.update({k: v for k, v in (overrides or {}).items() if k in PARAMETER_SPECS})
     return NodeSettings(**values)
