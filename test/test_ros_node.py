@@ -49,11 +49,11 @@ SCENE_FRAMES = 16
 @pytest.fixture(scope='session')
 def scene_dir(tmp_path_factory) -> Path:
     """The first test frames of the demo scene (the shipped model's scene config)."""
-    from dsac_ros.cli.demo import render_test_sequence, scene_config_for_model
-    from dsac_ros.data.synthetic import SyntheticSceneConfig
+    from dsac_ros.cli.demo import scene_config_for_model
+    from dsac_ros.data.synthetic import SyntheticSceneConfig, generate_test_sequence
 
     config = scene_config_for_model(SHIPPED_MODEL) if HAS_REAL_MODEL else SyntheticSceneConfig()
-    return render_test_sequence(tmp_path_factory.mktemp('scene'), config, SCENE_FRAMES)
+    return generate_test_sequence(tmp_path_factory.mktemp('scene'), config, SCENE_FRAMES)
 
 
 @pytest.fixture(scope='session')

@@ -106,37 +106,6 @@ def scene_config_for_model(model_path: Path):
     return SyntheticSceneConfig()
 
 
-def render_test_sequence(out_dir: Path, scene_config, max_frames: int = 0) -> Path:
-    """Renders the test loop of ``scene_config`` (only) into a 7-Scenes layout root.
-
-    Writes seq-01 (colour, depth, pose.txt per frame), TestSplit.txt ('sequence1'), an empty
-    TrainSplit.txt, intrinsics.json and scene_config.json. Returns ``out_dir``.
-    """
-    from dsac_ros.data.synthetic import (
-        SyntheticRoom,
-        trajectories,
-        write_frame,
-        write_intrinsics_json,
-    )
-
-    _, test_poses = trajectories(scene_config)
-    if max_frames:
-        test_poses = test_poses[:max_frames]
-    room = SyntheticRoom(scene_config.seed, scene_config.room_size_m)
-    seq = out_dir / 'seq-01'
-    seq.mkdir(parents=True, exist_ok=True)
-    K = scene_config.K
-    for i, T_wc in enumerate(test_poses):
-        rgb, depth = room.render_frame(T_wc, K, scene_config.width, scene_config.height)
-        write_frame(seq, i, rgb, depth, T_wc)
-    (out_dir / 'TestSplit.txt').write_text('sequence1\n')
-    (out_dir / 'TrainSplit.txt').write_text('')
-    write_intrinsics_json(out_dir / 'intrinsics.json', K, scene_config.width,
-                          scene_config.height)
-    (out_dir / 'scene_config.json').write_text(json.dumps(asdict(scene_config), indent=2))
-    return out_dir
-
-
 @dataclass(frozen=True)
 class DemoResult:
     accuracy: AccuracySummary
@@ -147,6 +116,7 @@ class DemoResult:
 
 def run_demo(config: DemoConfig) -> DemoResult:
     """Runs the whole demo (see module doc); raises RuntimeError when a process fails."""
+    from dsac_ros.data.synthetic import generate_test_sequence
     from dsac_ros.ros.node import default_model_path
 
     start = time.monotonic()
@@ -161,7 +131,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
         shutil.rmtree(scene_dir)
     try:
         _LOG.info('rendering the test sequence (seed %d)', scene_config.seed)
-        render_test_sequence(scene_dir, scene_config, config.frames)
+        generate_test_sequence(scene_dir, scene_config, config.frames)
         gt_path, poses_path = out / 'gt.json', out / 'poses.json'
         for stale in (gt_path, poses_path):
             stale.unlink(missing_ok=True)

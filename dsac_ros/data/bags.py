@@ -51,8 +51,7 @@ import numpy as np
 
 from dsac_ros.data import image_codec
 from dsac_ros.data.atomic import atomic_directory
-from dsac_ros.data.seven_scenes import SceneDataset
-from dsac_ros.data.synthetic import write_frame, write_intrinsics_json
+from dsac_ros.data.seven_scenes import SceneDataset, write_frame, write_intrinsics_json
 from dsac_ros.geometry.camera import as_intrinsics_np, scale_intrinsics_np
 from dsac_ros.geometry.transforms import (
     matrix_to_quaternion_np,

@@ -1,4 +1,5 @@
-"""Reader for scenes in the 7-Scenes layout, and ground-truth scene coordinates from depth.
+"""Reader and writer of scenes in the 7-Scenes layout, and ground-truth scene coordinates from
+depth.
 
 Layout of a scene root::
 
@@ -222,5 +223,41 @@ def scene_coordinates_from_depth(depth_m: np.ndarray, K_depth: np.ndarray, T_wc:
     return world.reshape(3, h, w).astype(np.float32)
 
 
+# ----------------------------------------------------------------------------- writing
+
+
+def write_intrinsics_json(path: Path, K_color: np.ndarray, width: int, height: int,
+                          K_depth: np.ndarray | None = None, depth_size: tuple[int, int] | None
+                          = None, depth_registered: bool = True) -> None:
+    """Write ``intrinsics.json``: colour/depth pinhole parameters (pixels) and image sizes.
+
+    Layout: {"color": {"fx","fy","cx","cy","width","height"}, "depth": {...},
+    "depth_registered": bool} (see ``seven_scenes.load_intrinsics``).
+    """
+    def cam(K: np.ndarray, w: int, h: int) -> dict:
+        return {'fx': float(K[0, 0]), 'fy': float(K[1, 1]), 'cx': float(K[0, 2]),
+                'cy': float(K[1, 2]), 'width': int(w), 'height': int(h)}
+    K_depth = K_color if K_depth is None else K_depth
+    dw, dh = (width, height) if depth_size is None else depth_size
+    data = {'color': cam(K_color, width, height), 'depth': cam(K_depth, dw, dh),
+            'depth_registered': bool(depth_registered)}
+    Path(path).write_text(json.dumps(data, indent=2) + '\n')
+
+
+def write_frame(seq_dir: Path, index: int, rgb: np.ndarray, depth_m: np.ndarray | None,
+                T_wc: np.ndarray) -> None:
+    """Write one frame in the 7-Scenes layout: colour PNG, uint16 millimetre depth PNG
+    (0 = invalid; NaN, <= 0 and > 65.534 m map to 0) and the 4x4 camera-to-world pose."""
+    stem = seq_dir / f'frame-{index:06d}'
+    if not cv2.imwrite(f'{stem}.color.png', cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+        raise OSError(f'could not write {stem}.color.png')
+    if depth_m is not None:
+        mm = np.nan_to_num(np.asarray(depth_m, np.float64) * 1000.0, nan=0.0)
+        mm = np.where((mm > 0) & (mm < 65534.5), np.round(mm), 0).astype(np.uint16)
+        if not cv2.imwrite(f'{stem}.depth.png', mm):
+            raise OSError(f'could not write {stem}.depth.png')
+    np.savetxt(f'{stem}.pose.txt', np.asarray(T_wc, np.float64), fmt='%.9f', delimiter='\t')
+
+
 __all__ = ['Frame', 'SceneDataset', 'SceneIntrinsics', 'load_intrinsics', 'read_depth_m',
-           'read_split', 'scene_coordinates_from_depth']
+           'read_split', 'scene_coordinates_from_depth', 'write_frame', 'write_intrinsics_json']

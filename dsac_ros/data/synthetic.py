@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 
 from dsac_ros.data.atomic import atomic_directory
+from dsac_ros.data.seven_scenes import write_frame, write_intrinsics_json
 
 LOGGER = logging.getLogger(__name__)
 
@@ -484,37 +485,24 @@ def trajectories(config: SyntheticSceneConfig) -> tuple[list[np.ndarray], np.nda
 # ----------------------------------------------------------------------------- writing
 
 
-def write_intrinsics_json(path: Path, K_color: np.ndarray, width: int, height: int,
-                          K_depth: np.ndarray | None = None, depth_size: tuple[int, int] | None
-                          = None, depth_registered: bool = True) -> None:
-    """Write ``intrinsics.json``: colour/depth pinhole parameters (pixels) and image sizes.
-
-    Layout: {"color": {"fx","fy","cx","cy","width","height"}, "depth": {...},
-    "depth_registered": bool} (see ``seven_scenes.load_intrinsics``).
-    """
-    def cam(K: np.ndarray, w: int, h: int) -> dict:
-        return {'fx': float(K[0, 0]), 'fy': float(K[1, 1]), 'cx': float(K[0, 2]),
-                'cy': float(K[1, 2]), 'width': int(w), 'height': int(h)}
-    K_depth = K_color if K_depth is None else K_depth
-    dw, dh = (width, height) if depth_size is None else depth_size
-    data = {'color': cam(K_color, width, height), 'depth': cam(K_depth, dw, dh),
-            'depth_registered': bool(depth_registered)}
-    Path(path).write_text(json.dumps(data, indent=2) + '\n')
+def _render_sequence(room: SyntheticRoom, config: SyntheticSceneConfig, poses: np.ndarray,
+                     seq_dir: Path, progress: Callable[[int], None] | None = None) -> None:
+    """Render camera-to-world ``poses`` into ``seq_dir`` (created) in the 7-Scenes layout."""
+    seq_dir.mkdir(parents=True, exist_ok=True)
+    for i, T_wc in enumerate(poses):
+        rgb, depth = room.render_frame(T_wc, config.K, config.width, config.height)
+        write_frame(seq_dir, i, rgb, depth, T_wc)
+        if progress is not None:
+            progress(1)
 
 
-def write_frame(seq_dir: Path, index: int, rgb: np.ndarray, depth_m: np.ndarray | None,
-                T_wc: np.ndarray) -> None:
-    """Write one frame in the 7-Scenes layout: colour PNG, uint16 millimetre depth PNG
-    (0 = invalid; NaN, <= 0 and > 65.534 m map to 0) and the 4x4 camera-to-world pose."""
-    stem = seq_dir / f'frame-{index:06d}'
-    if not cv2.imwrite(f'{stem}.color.png', cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-        raise OSError(f'could not write {stem}.color.png')
-    if depth_m is not None:
-        mm = np.nan_to_num(np.asarray(depth_m, np.float64) * 1000.0, nan=0.0)
-        mm = np.where((mm > 0) & (mm < 65534.5), np.round(mm), 0).astype(np.uint16)
-        if not cv2.imwrite(f'{stem}.depth.png', mm):
-            raise OSError(f'could not write {stem}.depth.png')
-    np.savetxt(f'{stem}.pose.txt', np.asarray(T_wc, np.float64), fmt='%.9f', delimiter='\t')
+def _write_scene_files(root: Path, config: SyntheticSceneConfig, train_sequences: list[int],
+                       test_sequences: list[int]) -> None:
+    """Split files, ``intrinsics.json`` and ``scene_config.json`` of a rendered scene."""
+    (root / 'TrainSplit.txt').write_text(''.join(f'sequence{s}\n' for s in train_sequences))
+    (root / 'TestSplit.txt').write_text(''.join(f'sequence{s}\n' for s in test_sequences))
+    write_intrinsics_json(root / 'intrinsics.json', config.K, config.width, config.height)
+    (root / 'scene_config.json').write_text(json.dumps(asdict(config), indent=2) + '\n')
 
 
 def generate_scene(out_dir: str | Path, config: SyntheticSceneConfig = SyntheticSceneConfig(),
@@ -532,28 +520,30 @@ def generate_scene(out_dir: str | Path, config: SyntheticSceneConfig = Synthetic
         raise ValueError(f'output folder {out} exists and is not empty')
     room = SyntheticRoom(config.seed, config.room_size_m)
     train, test = trajectories(config)
-    K = config.K
     with atomic_directory(out) as tmp:
-        sequences = train + [test]
-        for s, poses in enumerate(sequences):
-            seq_dir = tmp / f'seq-{s + 1:02d}'
-            seq_dir.mkdir()
-            for i, T_wc in enumerate(poses):
-                rgb, depth = room.render_frame(T_wc, K, config.width, config.height)
-                write_frame(seq_dir, i, rgb, depth, T_wc)
-                if progress is not None:
-                    progress(1)
+        for s, poses in enumerate(train + [test]):
+            _render_sequence(room, config, poses, tmp / f'seq-{s + 1:02d}', progress)
         n_train = len(train)
-        (tmp / 'TrainSplit.txt').write_text(
-            ''.join(f'sequence{s + 1}\n' for s in range(n_train)))
-        (tmp / 'TestSplit.txt').write_text(f'sequence{n_train + 1}\n')
-        write_intrinsics_json(tmp / 'intrinsics.json', K, config.width, config.height)
-        cfg = asdict(config)
-        (tmp / 'scene_config.json').write_text(json.dumps(cfg, indent=2) + '\n')
+        _write_scene_files(tmp, config, list(range(1, n_train + 1)), [n_train + 1])
     LOGGER.info('wrote synthetic scene to %s (%d train, %d test frames)', out,
                 config.train_frames, config.test_frames)
     return out
 
 
-__all__ = ['Block', 'SyntheticRoom', 'SyntheticSceneConfig', 'generate_scene', 'look_at',
-           'trajectories', 'write_frame', 'write_intrinsics_json']
+def generate_test_sequence(out_dir: str | Path, config: SyntheticSceneConfig,
+                           max_frames: int = 0) -> Path:
+    """Render only the test loop of a scene (its first ``max_frames`` frames; 0: all) into a
+    7-Scenes layout root: ``seq-01`` listed in ``TestSplit.txt``, an empty ``TrainSplit.txt``,
+    ``intrinsics.json`` and ``scene_config.json``. Returns ``out_dir``."""
+    out = Path(out_dir)
+    _, test_poses = trajectories(config)
+    if max_frames:
+        test_poses = test_poses[:max_frames]
+    _render_sequence(SyntheticRoom(config.seed, config.room_size_m), config, test_poses,
+                     out / 'seq-01')
+    _write_scene_files(out, config, [], [1])
+    return out
+
+
+__all__ = ['Block', 'SyntheticRoom', 'SyntheticSceneConfig', 'generate_scene',
+           'generate_test_sequence', 'look_at', 'trajectories']
