@@ -18,12 +18,8 @@ os.environ.setdefault('OMP_NUM_THREADS', '1')
 
 import cv2  # noqa: E402
 
-from dsac_ros.data.bags import (  # noqa: E402
-    BagExtractionConfig,
-    SceneBagTopics,
-    extract_bag,
-    write_scene_bag,
-)
+from dsac_ros.data.bag_extraction import BagExtractionConfig, extract_bag  # noqa: E402
+from dsac_ros.data.bag_writer import SceneBagTopics, write_scene_bag  # noqa: E402
 from dsac_ros.data.synthetic import (  # noqa: E402
     SyntheticRoom,
     SyntheticSceneConfig,

@@ -10,13 +10,8 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation, Slerp
 
-from dsac_ros.data.bags import (
-    BagError,
-    BagExtractionConfig,
-    SceneBagTopics,
-    extract_bag,
-    write_scene_bag,
-)
+from dsac_ros.data.bag_extraction import BagError, BagExtractionConfig, extract_bag
+from dsac_ros.data.bag_writer import SceneBagTopics, write_scene_bag
 from dsac_ros.data.seven_scenes import SceneDataset, load_intrinsics
 from dsac_ros.data.synthetic import SyntheticSceneConfig, generate_scene
 from dsac_ros.geometry.transforms import pose_to_matrix_np
@@ -216,7 +211,7 @@ def test_missing_camera_info_and_topics(scene: Path, bags, tmp_path: Path) -> No
     assert "'/nope'" in message and TOPICS.image in message and TOPICS.pose in message
     with pytest.raises(BagError, match='expected one of'):
         extract_bag(bags['mcap'], tmp_path / 'c', _config(pose_topic=TOPICS.camera_info))
-    with pytest.raises(BagError, match="frame 'base_footprint' is not in /tf"):
+    with pytest.raises(BagError, match="frame 'base_footprint' is not in the TF tree"):
         extract_bag(bags['ros1'], tmp_path / 'd', _config(camera_frame='base_footprint'))
     assert not any(p.name.startswith('.') for p in tmp_path.iterdir())
 
@@ -268,49 +263,6 @@ def test_clis(tmp_path: Path, capsys) -> None:
     assert extract_cli.main([str(tmp_path / 'missing'), str(tmp_path / 'o2'), '--image-topic',
                              'a', '--camera-info-topic', 'b', '--pose-topic', 'c']) == 2
     assert 'does not exist' in capsys.readouterr().err
-
-
-def _transform(parent: str, child: str, t_s: float, T: np.ndarray):
-    from types import SimpleNamespace as Ns
-
-    q = Rotation.from_matrix(T[:3, :3]).as_quat()
-    ns = int(round(t_s * 1e9))
-    return Ns(header=Ns(frame_id=parent, stamp=Ns(sec=ns // 10**9, nanosec=ns % 10**9)),
-              child_frame_id=child, transform=Ns(
-                  translation=Ns(x=T[0, 3], y=T[1, 3], z=T[2, 3]),
-                  rotation=Ns(x=q[0], y=q[1], z=q[2], w=q[3])))
-
-
-def test_tf_tree_interpolates_and_composes_across_branches() -> None:
-    from dsac_ros.data.bags import TfTree
-
-    def T(euler_deg, t):
-        out = np.eye(4)
-        out[:3, :3] = Rotation.from_euler('zyx', euler_deg, degrees=True).as_matrix()
-        out[:3, 3] = t
-        return out
-
-    odom_0, odom_1 = T([0, 0, 0], [0, 0, 0]), T([40, 0, 0], [2, 0, 0])
-    base_cam = T([-90, 0, -90], [0.1, 0, 0.3])
-    marker = T([10, 20, 5], [1, 2, 3])
-    tree = TfTree()
-    tree.add(_transform('/map', 'odom', 10.0, odom_0), static=False)
-    tree.add(_transform('map', 'odom', 11.0, odom_1), static=False)
-    tree.add(_transform('odom', 'cam', 0.0, base_cam), static=True)
-    tree.add(_transform('map', 'marker', 0.0, marker), static=True)
-    ns = int(10.25e9)
-    got = tree.lookup('map', 'cam', ns, tolerance_ns=int(1e9))
-    odom = T([10, 0, 0], [0.5, 0, 0])  # slerp + linear at a quarter
-    np.testing.assert_allclose(got, odom @ base_cam, atol=1e-12)
-    # Across branches: marker <- map -> odom -> cam.
-    np.testing.assert_allclose(tree.lookup('marker', 'cam', ns, int(1e9)),
-                               np.linalg.inv(marker) @ odom @ base_cam, atol=1e-12)
-    assert tree.lookup('map', 'cam', ns, tolerance_ns=int(0.2e9)) is None  # gap of 1 s
-    np.testing.assert_allclose(tree.lookup('map', 'cam', int(11.1e9), int(0.2e9)),
-                               odom_1 @ base_cam, atol=1e-12)  # nearest within tolerance
-    tree.add(_transform('world', 'other', 0.0, np.eye(4)), static=True)
-    with pytest.raises(BagError, match='not connected'):
-        tree.check_connected('world', 'cam')
 
 
 def test_depth_matched_by_stamp_in_either_log_order(tmp_path: Path) -> None:

@@ -138,7 +138,7 @@ def test_torchrun_ddp_two_processes_gloo(tiny_scene: Path, tmp_path: Path):
 
 def test_train_from_bag_in_process(tiny_scene: Path, tmp_path: Path):
     from dsac_ros.cli.train import main
-    from dsac_ros.data.bags import SceneBagTopics, write_scene_bag
+    from dsac_ros.data.bag_writer import SceneBagTopics, write_scene_bag
 
     bag = tmp_path / 'tiny_bag'
     topics = SceneBagTopics()

@@ -5,8 +5,9 @@
                      [--depth-topic T] [--tolerance 0.02] [--every-nth 1] [--max-frames N]
                      [--test-fraction 0]
 
-argparse -> BagExtractionConfig -> dsac_ros.data.bags.extract_bag (tqdm progress); the summary
-(frames written, skipped by reason) is printed. See dsac_ros.data.bags for the conventions.
+argparse -> BagExtractionConfig -> dsac_ros.data.bag_extraction.extract_bag (tqdm progress); the
+summary (frames written, skipped by reason) is printed. See dsac_ros.data.bag_extraction for the
+conventions.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import sys
 
 from tqdm import tqdm
 
-from dsac_ros.data.bags import BagExtractionConfig, extract_bag
+from dsac_ros.data.bag_extraction import BagExtractionConfig, extract_bag
 
 
 def build_parser() -> argparse.ArgumentParser:

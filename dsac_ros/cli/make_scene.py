@@ -5,7 +5,7 @@
 
 argparse -> SyntheticSceneConfig -> dsac_ros.data.synthetic.generate_scene (tqdm progress);
 ``--bag`` then writes the training split (``--bag-split``) with
-dsac_ros.data.bags.write_scene_bag (Image rgb8, CameraInfo, depth 16UC1, PoseStamped, /tf,
+dsac_ros.data.bag_writer.write_scene_bag (Image rgb8, CameraInfo, depth 16UC1, PoseStamped, /tf,
 /tf_static).
 """
 
@@ -18,7 +18,7 @@ import sys
 
 from tqdm import tqdm
 
-from dsac_ros.data.bags import BagFormat, write_scene_bag
+from dsac_ros.data.bag_writer import BagFormat, write_scene_bag
 from dsac_ros.data.synthetic import SyntheticSceneConfig, generate_scene
 
 

@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _scene_from_bag(args: argparse.Namespace) -> Path:
     """Extract the bag to <out>/scene (7-Scenes layout) once; reuse it on resume."""
-    from dsac_ros.data.bags import BagExtractionConfig, extract_bag  # lazy: rosbags import
+    # lazy: rosbags import
+    from dsac_ros.data.bag_extraction import BagExtractionConfig, extract_bag
     if not args.image_topic or not args.camera_info_topic:
         raise ValueError('--bag needs --image-topic and --camera-info-topic')
     scene = args.out / 'scene'

@@ -1,4 +1,4 @@
-"""Bag files (rosbag2 sqlite3 / mcap, ROS 1 .bag) <-> scenes in the 7-Scenes layout.
+"""Bag files (rosbag2 sqlite3 / mcap, ROS 1 .bag) -> scenes in the 7-Scenes layout.
 
 :func:`extract_bag` reads a recording with ``rosbags`` (no ROS install needed) and writes the
 layout that :class:`dsac_ros.data.seven_scenes.SceneDataset` reads:
@@ -11,8 +11,8 @@ layout that :class:`dsac_ros.data.seven_scenes.SceneDataset` reads:
   topic (``geometry_msgs/PoseStamped``, ``PoseWithCovarianceStamped``,
   ``geometry_msgs/TransformStamped`` or ``nav_msgs/Odometry``, the pose of the camera in the
   world), or from a TF chain ``world_frame -> ... -> camera_frame`` composed through /tf and
-  /tf_static. ``camera_frame`` must be the *optical* frame (OpenCV axes: x right, y down,
-  z forward), e.g. ``camera_color_optical_frame``;
+  /tf_static (`dsac_ros.geometry.tf_buffer.TfBuffer`). ``camera_frame`` must be the *optical*
+  frame (OpenCV axes: x right, y down, z forward), e.g. ``camera_color_optical_frame``;
 * optional depth (16UC1 millimetres or 32FC1 metres), assumed registered to the colour camera
   (same K and image size; another size is an error), matched to each image by nearest stamp.
 
@@ -30,9 +30,6 @@ in ``TestSplit.txt``; the rest stay in ``seq-01`` (``TrainSplit.txt``).
 
 Output is written into a temporary folder next to ``out_dir`` and renamed when complete:
 an error leaves nothing half-written.
-
-:func:`write_scene_bag` does the reverse (a 7-Scenes-layout scene -> a bag with images,
-camera info, depth, a pose topic and /tf + /tf_static), for tests and smoke tests.
 """
 
 from __future__ import annotations
@@ -46,17 +43,17 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-import cv2
 import numpy as np
 
 from dsac_ros.data import image_codec
 from dsac_ros.data.atomic import atomic_directory
-from dsac_ros.data.seven_scenes import SceneDataset, write_frame, write_intrinsics_json
+from dsac_ros.data.seven_scenes import write_frame, write_intrinsics_json
 from dsac_ros.geometry.camera import as_intrinsics_np, scale_intrinsics_np
-from dsac_ros.geometry.transforms import (
-    matrix_to_quaternion_np,
-    pose_to_matrix_np,
-    quaternion_slerp_np,
+from dsac_ros.geometry.tf_buffer import (
+    ConnectivityError,
+    ExtrapolationError,
+    TfBuffer,
+    TransformHistory,
 )
 
 LOGGER = logging.getLogger(__name__)
@@ -72,131 +69,6 @@ _DEPTH_CACHE_NS = 10 * 10**9  # depth images kept for matching, behind the newes
 
 class BagError(ValueError):
     """A bag that cannot be read or does not hold what the extraction needs."""
-
-
-# ----------------------------------------------------------------------------- pose streams
-
-
-class PoseTrack:
-    """Time series of 4x4 transforms; :meth:`at` interpolates (slerp + linear) within a
-    tolerance. Stamps in nanoseconds."""
-
-    def __init__(self) -> None:
-        self._stamps: list[int] = []
-        self._t: list[np.ndarray] = []
-        self._q: list[np.ndarray] = []
-        self._sorted = True
-
-    def add(self, stamp_ns: int, translation: np.ndarray, q_xyzw: np.ndarray) -> None:
-        if self._stamps and stamp_ns < self._stamps[-1]:
-            self._sorted = False
-        self._stamps.append(int(stamp_ns))
-        self._t.append(np.asarray(translation, np.float64))
-        self._q.append(np.asarray(q_xyzw, np.float64))
-
-    def __len__(self) -> int:
-        return len(self._stamps)
-
-    def _sort(self) -> None:
-        if not self._sorted:
-            order = np.argsort(self._stamps, kind='stable')
-            self._stamps = [self._stamps[i] for i in order]
-            self._t = [self._t[i] for i in order]
-            self._q = [self._q[i] for i in order]
-            self._sorted = True
-
-    def at(self, stamp_ns: int, tolerance_ns: int) -> np.ndarray | None:
-        """(4, 4) transform at ``stamp_ns`` or None when no sample lies within tolerance."""
-        self._sort()
-        stamps = self._stamps
-        if not stamps:
-            return None
-        i = bisect_left(stamps, stamp_ns)
-        if i < len(stamps) and stamps[i] == stamp_ns:
-            return pose_to_matrix_np(self._t[i], self._q[i])
-        before = i - 1 if i > 0 and stamp_ns - stamps[i - 1] <= tolerance_ns else None
-        after = i if i < len(stamps) and stamps[i] - stamp_ns <= tolerance_ns else None
-        if before is not None and after is not None:
-            alpha = (stamp_ns - stamps[before]) / (stamps[after] - stamps[before])
-            t = (1 - alpha) * self._t[before] + alpha * self._t[after]
-            q = quaternion_slerp_np(self._q[before], self._q[after], alpha)
-            return pose_to_matrix_np(t, q)
-        nearest = before if before is not None else after
-        return None if nearest is None else pose_to_matrix_np(self._t[nearest], self._q[nearest])
-
-
-class TfTree:
-    """Transforms from /tf (dynamic, interpolated) and /tf_static (fixed), composed along the
-    frame tree. Edge (parent, child) stores T_parent_child (child coordinates -> parent)."""
-
-    def __init__(self) -> None:
-        self._parent: dict[str, str] = {}
-        self._static: dict[str, np.ndarray] = {}
-        self._dynamic: dict[str, PoseTrack] = {}
-
-    @staticmethod
-    def _name(frame: str) -> str:
-        return str(frame).lstrip('/')
-
-    def add(self, transform: Any, static: bool) -> None:
-        """Add a geometry_msgs/TransformStamped (any message with the same attributes)."""
-        parent = self._name(transform.header.frame_id)
-        child = self._name(transform.child_frame_id)
-        tr, rot = transform.transform.translation, transform.transform.rotation
-        t = np.array([tr.x, tr.y, tr.z])
-        q = np.array([rot.x, rot.y, rot.z, rot.w])
-        self._parent[child] = parent
-        if static:
-            self._static[child] = pose_to_matrix_np(t, q)
-            self._dynamic.pop(child, None)
-        elif child not in self._static:
-            self._dynamic.setdefault(child, PoseTrack()).add(_stamp_ns(transform.header), t, q)
-
-    @property
-    def frames(self) -> set[str]:
-        return set(self._parent) | set(self._parent.values())
-
-    def _chain_to_root(self, frame: str) -> list[str]:
-        chain = [frame]
-        while chain[-1] in self._parent:
-            chain.append(self._parent[chain[-1]])
-            if len(chain) > 1000:
-                raise BagError(f'TF tree has a cycle through {frame!r}')
-        return chain
-
-    def check_connected(self, target: str, source: str) -> None:
-        """Raise BagError unless ``source`` and ``target`` are in one tree."""
-        target, source = self._name(target), self._name(source)
-        for frame in (target, source):
-            if frame not in self.frames:
-                raise BagError(f'frame {frame!r} is not in /tf or /tf_static; frames: '
-                               f'{", ".join(sorted(self.frames)) or "none"}')
-        if self._chain_to_root(target)[-1] != self._chain_to_root(source)[-1]:
-            raise BagError(f'frames {target!r} and {source!r} are not connected in the TF tree')
-
-    def lookup(self, target: str, source: str, stamp_ns: int, tolerance_ns: int
-               ) -> np.ndarray | None:
-        """(4, 4) T_target_source at ``stamp_ns`` (source coordinates -> target), or None when
-        a dynamic edge on the path has no sample within tolerance."""
-        target, source = self._name(target), self._name(source)
-        up_t, up_s = self._chain_to_root(target), self._chain_to_root(source)
-        common = next(f for f in up_s if f in set(up_t))
-
-        def to_ancestor(chain: list[str]) -> np.ndarray | None:
-            T = np.eye(4)
-            for child in chain[:chain.index(common)]:
-                edge = self._static.get(child)
-                if edge is None:
-                    edge = self._dynamic[child].at(stamp_ns, tolerance_ns)
-                    if edge is None:
-                        return None
-                T = edge @ T
-            return T
-
-        T_common_source, T_common_target = to_ancestor(up_s), to_ancestor(up_t)
-        if T_common_source is None or T_common_target is None:
-            return None
-        return np.linalg.inv(T_common_target) @ T_common_source
 
 
 # ----------------------------------------------------------------------------- extraction
@@ -402,7 +274,8 @@ def extract_bag(bag_path: str | Path, out_dir: str | Path, config: BagExtraction
         # Pass 1: camera info, poses / transforms, depth stamps (small or needed up front).
         K = None
         camera_size = (0, 0)
-        track, tree = PoseTrack(), TfTree()
+        track = TransformHistory(name=f'pose topic {config.pose_topic}')
+        tree = TfBuffer()  # the whole recording: no history bound
         depth_stamps: list[int] = []
         for topic, msgtype, msg in reader.messages(meta_topics):
             if topic == config.camera_info_topic:
@@ -410,8 +283,12 @@ def extract_bag(bag_path: str | Path, out_dir: str | Path, config: BagExtraction
                     K = _camera_matrix(msg)
                     camera_size = (int(msg.width), int(msg.height))
             elif msgtype in TF_TYPES:
+                static = topic.lstrip('/') == 'tf_static'
                 for transform in msg.transforms:
-                    tree.add(transform, static=topic.lstrip('/') == 'tf_static')
+                    tree.set_transform(transform.header.frame_id, transform.child_frame_id,
+                                       _stamp_ns(transform.header),
+                                       *_pose_of(transform, 'geometry_msgs/msg/TransformStamped'),
+                                       static=static)
             else:
                 track.add(_stamp_ns(msg.header), *_pose_of(msg, msgtype))
         if K is None:
@@ -422,15 +299,21 @@ def extract_bag(bag_path: str | Path, out_dir: str | Path, config: BagExtraction
                 raise BagError(f'bag {bag_path}: pose topic {config.pose_topic!r} has no '
                                'messages')
         else:
-            tree.check_connected(config.world_frame, config.camera_frame)
+            try:
+                tree.check_connected(config.world_frame, config.camera_frame)
+            except ConnectivityError as error:
+                raise BagError(f'bag {bag_path}, /tf and /tf_static: {error}') from error
         if config.depth_topic is not None:
             depth_stamps = sorted(_stamp_ns(m.header) for _, _, m in
                                   reader.messages([config.depth_topic]))
 
         def pose_at(stamp: int) -> np.ndarray | None:
-            if config.pose_source is PoseSource.TOPIC:
-                return track.at(stamp, tolerance_ns)
-            return tree.lookup(config.world_frame, config.camera_frame, stamp, tolerance_ns)
+            try:
+                if config.pose_source is PoseSource.TOPIC:
+                    return track.at(stamp, tolerance_ns)
+                return tree.lookup(config.world_frame, config.camera_frame, stamp, tolerance_ns)
+            except ExtrapolationError:
+                return None  # counted as 'no_pose'
 
         def nearest_depth(stamp: int) -> int | None:
             i = bisect_left(depth_stamps, stamp)
@@ -561,194 +444,4 @@ def _write_frames(reader: _Reader, tmp: Path, out: Path, config: BagExtractionCo
                              image_size=(width, height), K=tuple(K.ravel().tolist()))
 
 
-# ----------------------------------------------------------------------------- writing bags
-
-
-class BagFormat(str, enum.Enum):
-    """Bag container written by :func:`write_scene_bag`."""
-
-    MCAP = 'mcap'
-    SQLITE3 = 'sqlite3'
-    ROS1 = 'ros1'
-
-
-@dataclass(frozen=True)
-class SceneBagTopics:
-    """Topic and frame names written by :func:`write_scene_bag`."""
-
-    image: str = '/camera/color/image_raw'
-    camera_info: str = '/camera/color/camera_info'
-    depth: str = '/camera/depth/image_raw'
-    pose: str = '/camera/pose'
-    world_frame: str = 'map'
-    odom_frame: str = 'odom'
-    body_frame: str = 'camera_link'
-    camera_frame: str = 'camera_color_optical_frame'
-
-
-# camera_link (x forward, y left, z up) -> optical frame (x right, y down, z forward).
-T_LINK_OPTICAL = np.array([[0.0, 0.0, 1.0, 0.0], [-1.0, 0.0, 0.0, 0.0], [0.0, -1.0, 0.0, 0.0],
-                           [0.0, 0.0, 0.0, 1.0]])
-T_LINK_OPTICAL[:3, 3] = [0.02, -0.015, 0.0]  # a small lever arm so the static part matters
-
-
-def map_to_odom(t_s: float) -> np.ndarray:
-    """A slowly drifting map -> odom transform (T_map_odom) written by write_scene_bag, so the
-    chain map -> odom -> camera_link -> optical is not trivially the pose."""
-    yaw = 0.05 * math.sin(0.7 * t_s) + 0.02
-    T = np.eye(4)
-    T[:3, :3] = [[math.cos(yaw), -math.sin(yaw), 0], [math.sin(yaw), math.cos(yaw), 0],
-                 [0, 0, 1]]
-    T[:3, 3] = [0.1 + 0.05 * t_s, -0.2 + 0.03 * math.sin(t_s), 0.01]
-    return T
-
-
-def write_scene_bag(scene_root: str | Path, bag_path: str | Path,
-                    fmt: BagFormat | str = BagFormat.MCAP, split: str = 'train',
-                    topics: SceneBagTopics = SceneBagTopics(), rate_hz: float = 10.0,
-                    start_time_s: float = 1_700_000_000.0, compressed: str | None = None,
-                    write_depth: bool = True, depth_encoding: str = '16UC1',
-                    max_frames: int | None = None) -> int:
-    """Write a 7-Scenes-layout scene (one split) as a bag; returns the number of frames.
-
-    Per frame i at stamp ``start_time_s + i / rate_hz`` (header and log time): Image rgb8 (or
-    CompressedImage when ``compressed`` is 'jpeg' / 'png'), CameraInfo (K, no distortion),
-    depth (when the scene has depth and ``write_depth``) as ``depth_encoding`` '16UC1'
-    (millimetres, 0 invalid) or '32FC1' (metres, NaN invalid), PoseStamped T_wc in
-    ``world_frame``, and /tf with map -> odom (:func:`map_to_odom`) and odom -> camera_link
-    such that map -> camera_link -> optical equals T_wc; /tf_static holds camera_link ->
-    optical (:data:`T_LINK_OPTICAL`) once, first.
-
-    Args:
-        fmt: 'mcap' or 'sqlite3' (rosbag2, a folder) or 'ros1' (a .bag file).
-    """
-    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
-
-    fmt = BagFormat(fmt)
-    if depth_encoding not in ('16UC1', '32FC1'):
-        raise ValueError(f"depth_encoding must be '16UC1' or '32FC1', not {depth_encoding!r}")
-    dataset = SceneDataset(scene_root, split, load_depth=write_depth)
-    n = len(dataset) if max_frames is None else min(max_frames, len(dataset))
-    ros1 = fmt is BagFormat.ROS1
-    store = get_typestore(Stores.ROS1_NOETIC if ros1 else Stores.ROS2_KILTED)
-    if TF_TYPE not in store.types:
-        store.register(get_types_from_msg('geometry_msgs/TransformStamped[] transforms',
-                                          TF_TYPE))
-    types = store.types
-    bag_path = Path(bag_path)
-    if bag_path.exists():
-        raise ValueError(f'{bag_path} exists already')
-
-    def stamp(t_s: float) -> Any:
-        ns = int(round(t_s * 1e9))
-        return types['builtin_interfaces/msg/Time'](sec=ns // 1_000_000_000,
-                                                    nanosec=ns % 1_000_000_000)
-
-    def header(t_s: float, frame_id: str) -> Any:
-        extra = {'seq': 0} if ros1 else {}
-        return types['std_msgs/msg/Header'](stamp=stamp(t_s), frame_id=frame_id, **extra)
-
-    def transform_stamped(t_s: float, parent: str, child: str, T: np.ndarray) -> Any:
-        q = matrix_to_quaternion_np(T[:3, :3])
-        return types['geometry_msgs/msg/TransformStamped'](
-            header=header(t_s, parent), child_frame_id=child,
-            transform=types['geometry_msgs/msg/Transform'](
-                translation=types['geometry_msgs/msg/Vector3'](*T[:3, 3].tolist()),
-                rotation=types['geometry_msgs/msg/Quaternion'](*q.tolist())))
-
-    serialize = store.serialize_ros1 if ros1 else store.serialize_cdr
-    if ros1:
-        from rosbags.rosbag1 import Writer as Ros1Writer
-        writer = Ros1Writer(bag_path)
-    else:
-        from rosbags.rosbag2 import StoragePlugin, Writer
-        plugin = StoragePlugin.MCAP if fmt is BagFormat.MCAP else StoragePlugin.SQLITE3
-        writer = Writer(bag_path, version=9, storage_plugin=plugin)
-    image_type = 'sensor_msgs/msg/CompressedImage' if compressed else 'sensor_msgs/msg/Image'
-    with writer:
-        conns = {
-            'image': writer.add_connection(topics.image, image_type, typestore=store),
-            'info': writer.add_connection(topics.camera_info, CAMERA_INFO_TYPE, typestore=store),
-            'depth': writer.add_connection(topics.depth, 'sensor_msgs/msg/Image',
-                                           typestore=store),
-            'pose': writer.add_connection(topics.pose, 'geometry_msgs/msg/PoseStamped',
-                                          typestore=store),
-            'tf': writer.add_connection('/tf', TF_TYPE, typestore=store),
-            'tf_static': writer.add_connection('/tf_static', TF_TYPE, typestore=store),
-        }
-
-        def write(key: str, t_s: float, msg: Any, msgtype: str) -> None:
-            writer.write(conns[key], int(round(t_s * 1e9)), serialize(msg, msgtype))
-
-        t0 = start_time_s
-        static = types[TF_TYPE](transforms=[transform_stamped(
-            t0, topics.body_frame, topics.camera_frame, T_LINK_OPTICAL)])
-        write('tf_static', t0, static, TF_TYPE)
-        for i in range(n):
-            frame = dataset[i]
-            t_s = t0 + i / rate_hz
-            height, width = frame.image_rgb.shape[:2]
-            cam = topics.camera_frame
-            if compressed:
-                fields = image_codec.numpy_to_compressed_fields(frame.image_rgb, 'rgb8',
-                                                                compressed)
-                msg = types['sensor_msgs/msg/CompressedImage'](
-                    header=header(t_s, cam), format=fields['format'],
-                    data=np.frombuffer(fields['data'], np.uint8))
-            else:
-                msg = _image_msg(types, header(t_s, cam), frame.image_rgb, 'rgb8')
-            write('image', t_s, msg, image_type)
-            K = frame.K
-            k_name, d_name, r_name, p_name = ('K', 'D', 'R', 'P') if ros1 else 'kdrp'
-            P = np.hstack([K, np.zeros((3, 1))])
-            info = types[CAMERA_INFO_TYPE](**{
-                'header': header(t_s, cam), 'height': height, 'width': width,
-                'distortion_model': 'plumb_bob', d_name: np.zeros(5),
-                k_name: K.ravel().astype(np.float64), r_name: np.eye(3).ravel(),
-                p_name: P.ravel(), 'binning_x': 0, 'binning_y': 0,
-                'roi': types['sensor_msgs/msg/RegionOfInterest'](0, 0, 0, 0, False)})
-            write('info', t_s, info, CAMERA_INFO_TYPE)
-            if frame.depth_m is not None:
-                if depth_encoding == '32FC1':
-                    depth = frame.depth_m.astype(np.float32)
-                else:
-                    depth = np.nan_to_num(frame.depth_m.astype(np.float64) * 1000.0, nan=0.0)
-                    depth = np.round(np.clip(depth, 0, 65534)).astype(np.uint16)
-                write('depth', t_s, _image_msg(types, header(t_s, cam), depth, depth_encoding),
-                      'sensor_msgs/msg/Image')
-            q = matrix_to_quaternion_np(frame.T_wc[:3, :3])
-            pose = types['geometry_msgs/msg/PoseStamped'](
-                header=header(t_s, topics.world_frame),
-                pose=types['geometry_msgs/msg/Pose'](
-                    position=types['geometry_msgs/msg/Point'](*frame.T_wc[:3, 3].tolist()),
-                    orientation=types['geometry_msgs/msg/Quaternion'](*q.tolist())))
-            write('pose', t_s, pose, 'geometry_msgs/msg/PoseStamped')
-            T_map_odom = map_to_odom(t_s - t0)
-            T_odom_link = (np.linalg.inv(T_map_odom) @ frame.T_wc
-                           @ np.linalg.inv(T_LINK_OPTICAL))
-            tf = types[TF_TYPE](transforms=[
-                transform_stamped(t_s, topics.world_frame, topics.odom_frame, T_map_odom),
-                transform_stamped(t_s, topics.odom_frame, topics.body_frame, T_odom_link)])
-            write('tf', t_s, tf, TF_TYPE)
-    LOGGER.info('wrote %d frames of %s to %s (%s)', n, scene_root, bag_path, fmt.value)
-    return n
-
-
-def _image_msg(types: Any, header: Any, pixels: np.ndarray, encoding: str) -> Any:
-    fields = image_codec.numpy_to_image_fields(pixels, encoding)
-    fields['data'] = np.frombuffer(fields['data'], np.uint8)
-    fields['is_bigendian'] = int(fields['is_bigendian'])
-    return types['sensor_msgs/msg/Image'](header=header, **fields)
-
-
-def read_color_png(path: Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB from a colour PNG (helper for tests and tools)."""
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError(f'{path}: unreadable image')
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
-__all__ = ['BagError', 'BagExtractionConfig', 'BagFormat', 'ExtractionSummary', 'PoseSource',
-           'PoseTrack', 'SceneBagTopics', 'TfTree', 'extract_bag', 'map_to_odom',
-           'write_scene_bag']
+__all__ = ['BagError', 'BagExtractionConfig', 'ExtractionSummary', 'PoseSource', 'extract_bag']
