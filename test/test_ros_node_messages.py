@@ -11,6 +11,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
+from dsac_ros.geometry.distortion import DistortionModel, Undistorter
 from dsac_ros.ros import messages
 from dsac_ros.ros.pipeline import LatestSlot
 
@@ -135,7 +136,7 @@ def test_camera_info_parsing_and_undistortion_against_opencv():
     info = messages.intrinsics_to_camera_info(K, 320, 240, 'cam')
     info.d = D.tolist()
     intr = messages.camera_info_to_intrinsics(info)
-    assert intr.distorted and intr.model is messages.DistortionModel.PLUMB_BOB
+    assert intr.distorted and intr.model is DistortionModel.PLUMB_BOB
     np.testing.assert_allclose(intr.K, K)
     # A dot at a known undistorted position, drawn where the distorted camera sees it.
     target = np.array([[250.0, 60.0]])
@@ -144,12 +145,12 @@ def test_camera_info_parsing_and_undistortion_against_opencv():
                                      K, D)
     image = np.zeros((240, 320, 3), np.uint8)
     cv2.circle(image, tuple(int(round(x)) for x in distorted.ravel()), 3, (255, 255, 255), -1)
-    out = messages.Undistorter()(image, intr)
+    out = Undistorter()(image, intr)
     ys, xs = np.nonzero(out[:, :, 0] > 127)
     assert abs(xs.mean() - target[0, 0]) < 1.0 and abs(ys.mean() - target[0, 1]) < 1.0
     # Zero distortion passes the image through untouched.
     info.d = [0.0] * 5
-    assert messages.Undistorter()(image, messages.camera_info_to_intrinsics(info)) is image
+    assert Undistorter()(image, messages.camera_info_to_intrinsics(info)) is image
 
 
 def test_fisheye_and_bad_camera_info():
@@ -158,7 +159,7 @@ def test_fisheye_and_bad_camera_info():
     info.distortion_model = 'equidistant'
     info.d = [0.1, -0.02, 0.0, 0.0]
     intr = messages.camera_info_to_intrinsics(info)
-    out = messages.Undistorter()(np.full((240, 320, 3), 200, np.uint8), intr)
+    out = Undistorter()(np.full((240, 320, 3), 200, np.uint8), intr)
     assert out.shape == (240, 320, 3) and out[120, 160, 0] == 200
     with pytest.raises(ValueError, match='pinhole'):
         messages.camera_info_to_intrinsics(CameraInfo(width=320, height=240))

@@ -41,6 +41,7 @@ __all__ = [
     'quaternion_slerp_np',
     'quaternion_to_matrix',
     'quaternion_to_matrix_np',
+    'rotate_twist_covariance_np',
     'rotation_angle',
     'rotation_error_deg',
     'se3_exp',
@@ -371,3 +372,20 @@ def pose_errors_np(T_est_n44, T_gt_n44, convention: str = 'T_cw'
         est, gt = invert_se3(est), invert_se3(gt)
     deg, m = pose_errors(est, gt)
     return deg.numpy(), m.numpy()
+
+
+def rotate_twist_covariance_np(covariance_66, R_33) -> np.ndarray:
+    """Covariance (6, 6) of a twist xi = (rho, phi) (translation first) expressed in frame A ->
+    the same in frame B, for the rotation ``R_33`` = R_BA (A axes -> B axes).
+
+    To first order a perturbation ``T_BA exp(xi^)`` moves the origin of A by ``R_BA rho`` and
+    rotates it by ``R_BA phi`` in B axes, so ``cov_B = J cov_A J^T`` with
+    ``J = blockdiag(R_BA, R_BA)`` (symmetrised). With R_wc this maps the estimator's camera-frame
+    pose covariance to the world frame (what ROS PoseWithCovariance wants, same order).
+    """
+    R = np.asarray(R_33, dtype=np.float64)
+    J = np.zeros((6, 6))
+    J[:3, :3] = R
+    J[3:, 3:] = R
+    out = J @ np.asarray(covariance_66, dtype=np.float64) @ J.T
+    return 0.5 * (out + out.T)

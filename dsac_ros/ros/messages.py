@@ -1,4 +1,5 @@
-"""ROS message <-> numpy conversions used by the relocalization node, player and recorder.
+"""ROS message <-> numpy conversions of the relocalization node (and the demo's player and
+recorder). The math lives in `dsac_ros.geometry`; this module only reads and fills messages.
 
 Poses: the node publishes the camera-to-world transform ``T_wc`` (4x4, metres) of the OpenCV
 camera frame (x right, y down, z forward) as ``map -> camera``: a PoseStamped whose position is the
@@ -14,11 +15,8 @@ perturbation, ``R_wc' = exp([dtheta]x) R_wc`` with dtheta in the map frame. See
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from enum import Enum
 import math
 
-import cv2
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped, TransformStamped
 import numpy as np
@@ -26,7 +24,12 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from dsac_ros.data import image_codec
 from dsac_ros.geometry.camera import as_intrinsics_np
-from dsac_ros.geometry.transforms import matrix_to_pose_np, pose_to_matrix_np
+from dsac_ros.geometry.distortion import CameraIntrinsics, DistortionModel
+from dsac_ros.geometry.transforms import (
+    matrix_to_pose_np,
+    pose_to_matrix_np,
+    rotate_twist_covariance_np,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Time stamps
@@ -80,36 +83,6 @@ def rgb_to_image_msg(image_rgb_hw3: np.ndarray, frame_id: str = '') -> Image:
 # Camera calibration
 
 
-class DistortionModel(str, Enum):
-    """sensor_msgs/CameraInfo distortion models the node can undo."""
-
-    PLUMB_BOB = 'plumb_bob'
-    RATIONAL_POLYNOMIAL = 'rational_polynomial'
-    EQUIDISTANT = 'equidistant'
-
-
-@dataclass(frozen=True)
-class CameraIntrinsics:
-    """Calibration from a CameraInfo message.
-
-    Attributes:
-        K: (3, 3) float64 pinhole matrix of the raw image, pixels.
-        D: (n,) distortion coefficients (OpenCV order), empty or all zero when undistorted.
-        model: the distortion model.
-        width, height: image size in pixels the calibration is for.
-    """
-
-    K: np.ndarray
-    D: np.ndarray
-    model: DistortionModel
-    width: int
-    height: int
-
-    @property
-    def distorted(self) -> bool:
-        return bool(self.D.size) and bool(np.any(self.D != 0.0))
-
-
 def camera_info_to_intrinsics(msg: CameraInfo) -> CameraIntrinsics:
     """CameraInfo -> CameraIntrinsics.
 
@@ -159,37 +132,6 @@ def intrinsics_to_camera_info(K_33: np.ndarray, width: int, height: int,
     P[:, :3] = K
     msg.p = P.reshape(-1).tolist()
     return msg
-
-
-class Undistorter:
-    """Removes lens distortion, keeping the same K (so the undistorted image uses ``K``).
-
-    Remap tables are computed once per calibration and reused (cheaper than cv2.undistort per
-    frame). Images of a calibration without distortion pass through untouched.
-    """
-
-    def __init__(self) -> None:
-        self._key: tuple | None = None
-        self._maps: tuple[np.ndarray, np.ndarray] | None = None
-
-    def __call__(self, image_hw3: np.ndarray, intrinsics: CameraIntrinsics) -> np.ndarray:
-        """Image (H, W, 3) of the raw camera -> undistorted image (H, W, 3) with pinhole K."""
-        if not intrinsics.distorted:
-            return image_hw3
-        key = (intrinsics.K.tobytes(), intrinsics.D.tobytes(), intrinsics.model,
-               intrinsics.width, intrinsics.height)
-        if key != self._key:
-            size = (intrinsics.width, intrinsics.height)
-            if intrinsics.model is DistortionModel.EQUIDISTANT:
-                self._maps = cv2.fisheye.initUndistortRectifyMap(
-                    intrinsics.K, intrinsics.D[:4], np.eye(3), intrinsics.K, size, cv2.CV_16SC2)
-            else:
-                self._maps = cv2.initUndistortRectifyMap(
-                    intrinsics.K, intrinsics.D, np.eye(3), intrinsics.K, size, cv2.CV_16SC2)
-            self._key = key
-        map1, map2 = self._maps
-        return cv2.remap(image_hw3, map1, map2, interpolation=cv2.INTER_LINEAR,
-                         borderMode=cv2.BORDER_CONSTANT)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,13 +200,9 @@ def covariance_to_ros(covariance_66: np.ndarray, T_wc_44: np.ndarray) -> np.ndar
 
     The estimator's covariance (``dsac_ros.dsac.estimator.PoseEstimate``) is over the twist
     xi = (rho, phi), translation first (m) then rotation (rad), of a perturbation in the CAMERA
-    frame: ``T_wc_true = T_wc_est @ exp(xi^)``.
-
-    ROS wants (x, y, z, rot x, rot y, rot z) of the camera pose in the map frame: position
-    ``c = t_wc`` and a fixed-axis (left) rotation perturbation ``R_wc' = exp([dtheta]x) R_wc``
-    with dtheta in map axes. To first order ``T_wc exp(xi^)`` has ``dc = R_wc rho`` and
-    ``dtheta = R_wc phi``, so ``cov_ros = J cov J^T`` with ``J = blockdiag(R_wc, R_wc)``: both
-    3-blocks rotated into the map frame, the order (translation, rotation) already matches.
+    frame; ROS wants (x, y, z, rot x, rot y, rot z) of the camera pose in the map frame: the
+    same order, both 3-blocks rotated into the map frame
+    (`dsac_ros.geometry.transforms.rotate_twist_covariance_np` with R_wc).
 
     Args:
         covariance_66: (6, 6) covariance of (rho m, phi rad) in the camera frame.
@@ -281,13 +219,7 @@ def covariance_to_ros(covariance_66: np.ndarray, T_wc_44: np.ndarray) -> np.ndar
         unknown = np.zeros((6, 6))
         unknown[0, 0] = -1.0
         return unknown
-    T_wc = np.asarray(T_wc_44, dtype=np.float64)
-    R_wc = T_wc[:3, :3]
-    J = np.zeros((6, 6))
-    J[:3, :3] = R_wc   # dc = R_wc rho
-    J[3:, 3:] = R_wc   # dtheta = R_wc phi
-    out = J @ cov @ J.T
-    return 0.5 * (out + out.T)
+    return rotate_twist_covariance_np(cov, np.asarray(T_wc_44, dtype=np.float64)[:3, :3])
 
 
 # ---------------------------------------------------------------------------------------------

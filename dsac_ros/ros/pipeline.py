@@ -15,12 +15,8 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from dsac_ros.ros.messages import (
-    CameraIntrinsics,
-    Undistorter,
-    camera_info_to_intrinsics,
-    image_msg_to_rgb,
-)
+from dsac_ros.geometry.distortion import CameraIntrinsics, Undistorter
+from dsac_ros.ros.messages import camera_info_to_intrinsics, image_msg_to_rgb
 
 T = TypeVar('T')
 
