@@ -39,8 +39,8 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
 
+from dsac_ros.demo.dds_env import loopback_dds_env
 from dsac_ros.ros import messages
-from dsac_ros.ros.dds_env import loopback_dds_env
 from dsac_ros.ros.node import RelocalizeNode, default_model_path
 
 PARTS = ('transport', 'queue', 'decode', 'preprocess', 'network', 'estimator', 'publish',
@@ -59,8 +59,8 @@ class BenchConfig:
 
 def _frames(model: Path, size: tuple[int, int], count: int):
     """Test frames of the model's synthetic scene rendered at ``size`` (width, height), with K."""
-    from dsac_ros.cli.demo import scene_config_for_model
     from dsac_ros.data.synthetic import SyntheticRoom, trajectories
+    from dsac_ros.demo.run import scene_config_for_model
     from dsac_ros.geometry.camera import scale_intrinsics_np
 
     scene = scene_config_for_model(model)

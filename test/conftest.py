@@ -16,7 +16,7 @@ import cv2
 import pytest
 import torch
 
-from dsac_ros.ros.dds_env import loopback_dds_env
+from dsac_ros.demo.dds_env import loopback_dds_env
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHM = Path('/dev/shm')

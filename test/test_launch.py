@@ -13,8 +13,8 @@ from rclpy.parameter_client import AsyncParameterClient
 from test_ros_node import RosClient, model_path, own_domain  # noqa: F401
 import yaml
 
+from dsac_ros.demo.processes import RosProcesses, node_command, wait_for
 from dsac_ros.ros.parameters import PARAMETER_SPECS, NodeSettings
-from dsac_ros.ros.processes import RosProcesses, node_command, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS_FILE = REPO / 'config' / 'relocalize.yaml'

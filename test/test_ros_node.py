@@ -26,13 +26,13 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from tf2_msgs.msg import TFMessage
 
+from dsac_ros.demo.player import load_frames
+from dsac_ros.demo.processes import RosProcesses, module_command, node_command, wait_for
+from dsac_ros.demo.trajectory import load_json, summarize_recording
 from dsac_ros.geometry.transforms import pose_errors_np
 from dsac_ros.ros import messages
 from dsac_ros.ros.node import default_model_path
-from dsac_ros.ros.player import load_frames
-from dsac_ros.ros.processes import RosProcesses, module_command, node_command, wait_for
 from dsac_ros.ros.tf_broadcaster import TF_QOS
-from dsac_ros.ros.trajectory import load_json, summarize_recording
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS_FILE = REPO / 'config' / 'relocalize.yaml'
@@ -49,8 +49,8 @@ SCENE_FRAMES = 16
 @pytest.fixture(scope='session')
 def scene_dir(tmp_path_factory) -> Path:
     """The first test frames of the demo scene (the shipped model's scene config)."""
-    from dsac_ros.cli.demo import scene_config_for_model
     from dsac_ros.data.synthetic import SyntheticSceneConfig, generate_test_sequence
+    from dsac_ros.demo.run import scene_config_for_model
 
     config = scene_config_for_model(SHIPPED_MODEL) if HAS_REAL_MODEL else SyntheticSceneConfig()
     return generate_test_sequence(tmp_path_factory.mktemp('scene'), config, SCENE_FRAMES)
@@ -503,12 +503,12 @@ def played(ros_env, model_path, scene_dir, tmp_path_factory):
     gt_path, poses_path, ready = out / 'gt.json', out / 'poses.json', out / 'ready'
     with RosProcesses(own_domain(ros_env), out) as procs:
         recorder = procs.start('recorder', module_command(
-            'dsac_ros.ros.pose_recorder', str(poses_path), '--ready-file', str(ready)))
+            'dsac_ros.demo.pose_recorder', str(poses_path), '--ready-file', str(ready)))
         node = procs.start('node', node_command(
             PARAMS_FILE, {'model_path': str(model_path), **NODE_TEST_PARAMS}))
         assert wait_for(ready.exists, 30.0, children=[recorder]), recorder.log()
         player = procs.start('player', module_command(
-            'dsac_ros.ros.player', str(scene_dir), '--rate', '15', '--gt-out', str(gt_path),
+            'dsac_ros.demo.player', str(scene_dir), '--rate', '15', '--gt-out', str(gt_path),
             '--wait-timeout', '60'))
         assert player.process.wait(90) == 0, player.log()
         time.sleep(3.0)  # the node finishes its last frame and reports once more

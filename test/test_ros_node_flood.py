@@ -13,9 +13,9 @@ import cv2
 import numpy as np
 from test_ros_node import PARAMS_FILE, RosClient, model_path, own_domain, scene_dir  # noqa: F401
 
+from dsac_ros.demo.player import load_frames
+from dsac_ros.demo.processes import RosProcesses, node_command, rss_bytes
 from dsac_ros.ros import messages
-from dsac_ros.ros.player import load_frames
-from dsac_ros.ros.processes import RosProcesses, node_command, rss_bytes
 
 RATE_HZ = 60.0
 WARMUP_S = 2.0

@@ -1,7 +1,7 @@
 """Match recorded poses to ground truth by stamp and summarise accuracy and latency.
 
-Works on the JSON files of `dsac_ros.ros.player` (``--gt-out``) and
-`dsac_ros.ros.pose_recorder`; numpy only (no rclpy), so the demo, tests and benchmarks share it.
+Works on the JSON files of `dsac_ros.demo.player` (``--gt-out``) and
+`dsac_ros.demo.pose_recorder`; no rclpy, so the demo, tests and benchmarks share it.
 All poses are camera-to-world T_wc (4x4, metres).
 """
 

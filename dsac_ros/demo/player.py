@@ -1,6 +1,6 @@
 """Publishes a 7-Scenes-layout sequence as a camera: sensor_msgs/Image rgb8 + CameraInfo.
 
-    python -m dsac_ros.ros.player SCENE_ROOT [--split test] [--rate 15] [--frame-id camera]
+    python -m dsac_ros.demo.player SCENE_ROOT [--split test] [--rate 15] [--frame-id camera]
         [--image-topic /camera/image_raw] [--camera-info-topic /camera/camera_info]
         [--max-frames N] [--duration S] [--loop] [--wait-subscribers 1] [--gt-out gt.json]
 

@@ -1,6 +1,6 @@
 """Records geometry_msgs/PoseStamped (default /camera_pose) and /diagnostics to a JSON file.
 
-    python -m dsac_ros.ros.pose_recorder OUT.json [--topic /camera_pose] [--count N]
+    python -m dsac_ros.demo.pose_recorder OUT.json [--topic /camera_pose] [--count N]
         [--timeout S] [--idle-timeout S]
 
 Output: {"topic", "poses": [{"stamp_ns", "receive_ns", "frame_id", "T_wc" (4x4 nested list,
