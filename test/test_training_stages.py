@@ -29,7 +29,8 @@ from dsac_ros.training.config import (
 from dsac_ros.training.data import load_training_set
 from dsac_ros.training.losses import perturb_poses, reprojection_init_loss, score_targets
 from dsac_ros.training.runtime import Runtime
-from dsac_ros.training.trainer import end_to_end_loss, train
+from dsac_ros.training.stages import end_to_end_loss
+from dsac_ros.training.trainer import train
 
 torch.set_num_threads(1)
 SMALL_NET = SceneCoordinateNetConfig(stem_widths=(8, 16, 32), num_blocks=2, dilations=(1, 2),

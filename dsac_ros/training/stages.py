@@ -1,0 +1,284 @@
+"""The three training stages (paper Sec. 4): scene coordinates (componentwise, from depth or
+by reprojection), the Score CNN, and end-to-end DSAC / SoftAM. Each builds its optimizers and a
+step function and runs them with `dsac_ros.training.session.run_loop`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from dsac_ros.dsac import EstimatorConfig, expected_pose_loss
+from dsac_ros.geometry.camera import cell_centers
+from dsac_ros.geometry.scoring import reprojection_errors
+from dsac_ros.models.scene_coordinate_net import SceneCoordinateNet
+from dsac_ros.models.score_net import ScoreNet, ScoreNetConfig
+from dsac_ros.training.config import Stage
+from dsac_ros.training.data import load_training_set
+from dsac_ros.training.losses import (
+    coordinate_loss,
+    perturb_poses,
+    reprojection_init_loss,
+    score_targets,
+)
+from dsac_ros.training.runtime import Runtime, all_reduce_mean_
+from dsac_ros.training.session import (
+    Optim,
+    Session,
+    batch_images,
+    draw_frames,
+    run_loop,
+    stage_generator,
+    wrap_ddp,
+)
+
+_LOG = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------------------
+# Stage 1: scene coordinates
+
+
+def train_coords(session: Session) -> None:
+    cfg, runtime, data = session.config.coords, session.runtime, session.data
+    net = session.coord_net
+    if session.config.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    net.train()
+    model = wrap_ddp(net, runtime)
+    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr.lr, weight_decay=cfg.weight_decay)
+    generator = stage_generator(session, Stage.COORDS)
+    has_depth = data.coords_b3hw is not None
+    K = data.K_33.to(runtime.device, torch.float32)
+    # fp16 autocast (older GPUs) needs loss scaling against gradient underflow; bf16 does not.
+    scaler = torch.amp.GradScaler(runtime.device.type,
+                                  enabled=runtime.amp_dtype == torch.float16)
+    _LOG.info('stage coords on rank %d/%d: %d of %d frames (%s), %s, autocast %s, budget %s',
+              runtime.rank, runtime.world_size, len(session.shard), len(data),
+              'depth targets' if has_depth else 'no depth: reprojection init',
+              runtime.device, runtime.amp_dtype, cfg.budget)
+
+    def step_fn(step: int) -> dict[str, float]:
+        idx = draw_frames(session, cfg.batch_size, generator)
+        images = batch_images(session, idx, True, generator, cfg.brightness, cfg.contrast)
+        with runtime.autocast():
+            pred = model(images)
+        pred = pred.float()
+        if has_depth:
+            target = data.coords_b3hw[idx].to(runtime.device, non_blocking=True)
+            loss = coordinate_loss(pred, target)
+            with torch.no_grad():
+                dist_m = (pred - target).norm(dim=1)
+                aux = float(dist_m[torch.isfinite(dist_m)].median()) \
+                    if torch.isfinite(dist_m).any() else math.nan
+        else:
+            T = data.T_cw_b44[idx].to(runtime.device)
+            loss, err = reprojection_init_loss(pred, T, K, clamp_px=cfg.reprojection_clamp_px,
+                                               min_depth_m=cfg.min_depth_m,
+                                               depth_prior_m=cfg.depth_prior_m)
+            aux = float(err.median())
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        return {'loss': float(loss.detach()), 'aux': aux}
+
+    run_loop(session, Stage.COORDS, cfg.budget, [Optim('coord', optimizer, cfg.lr)], generator,
+          step_fn)
+    net.eval()
+    if runtime.is_main and has_depth:
+        validate_coords(session)
+
+
+def validate_coords(session: Session, max_frames: int = 50) -> None:
+    """Log the median coordinate error (m) on up to ``max_frames`` test frames, if any."""
+    try:
+        test = load_training_set(session.config.scene, 'test', max_frames=max_frames)
+    except (ValueError, FileNotFoundError) as exc:
+        _LOG.info('no test split to validate on (%s)', exc)
+        return
+    if test.coords_b3hw is None or test.image_size != session.data.image_size:
+        return
+    pred = predict_coordinates(session.coord_net, test.images_b3hw, session.runtime,
+                               channels_last=session.config.channels_last).cpu()
+    dist_m = (pred - test.coords_b3hw).norm(dim=1)
+    dist_m = dist_m[torch.isfinite(dist_m)]
+    median = float(dist_m.median())
+    within = float((dist_m < 0.1).float().mean())
+    session.result.validation['coords_test_median_m'] = median
+    session.result.validation['coords_test_within_10cm'] = within
+    _LOG.info('coordinates on %d test frames: median error %.3f m, %.1f %% within 10 cm',
+              len(test), median, 100 * within)
+
+
+# ----------------------------------------------------------------------------------------
+# Stage 2: score CNN
+
+
+@torch.no_grad()
+def predict_coordinates(session_or_net: Any, images_b3hw_uint8: Tensor, runtime: Runtime,
+                        batch_size: int = 16, channels_last: bool = True) -> Tensor:
+    """Scene coordinates (N, 3, H/8, W/8) float32 (device) of uint8 images with a frozen net."""
+    net = session_or_net
+    net.eval()
+    out = []
+    for start in range(0, images_b3hw_uint8.shape[0], batch_size):
+        x = images_b3hw_uint8[start:start + batch_size].to(runtime.device).float() / 255.0
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with runtime.autocast():
+            out.append(net(x).float())
+    return torch.cat(out)
+
+
+def train_score(session: Session) -> None:
+    cfg, runtime, data = session.config.score, session.runtime, session.data
+    if session.score_net is None:
+        session.score_net = ScoreNet(ScoreNetConfig(output_scale=cfg.output_scale))
+        session.score_net.to(runtime.device)
+    net = session.score_net
+    net.train()
+    model = wrap_ddp(net, runtime)
+    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr.lr)
+    generator = stage_generator(session, Stage.SCORE)
+    # Predictions of the frozen coordinate net for this rank's frames (shard order).
+    coords = predict_coordinates(session.coord_net, data.images_b3hw[session.shard], runtime,
+                                 channels_last=session.config.channels_last)
+    h, w = coords.shape[-2:]
+    pixels = cell_centers(h, w, session.coord_net.stride, device=runtime.device)
+    K = data.K_33.to(runtime.device, torch.float32)
+    max_error = EstimatorConfig().max_reprojection_error_px
+    _LOG.info('stage score: %d error images per step, budget %s', cfg.batch_size, cfg.budget)
+
+    def step_fn(step: int) -> dict[str, float]:
+        local = torch.randint(len(session.shard), (cfg.batch_size,), generator=generator)
+        T_gt = data.T_cw_b44[session.shard[local]]  # float64, CPU
+        T_h = perturb_poses(T_gt, generator, cfg.min_perturbation, cfg.max_perturbation)
+        target = score_targets(T_h, T_gt, cfg.beta).to(runtime.device, torch.float32)
+        T_dev = T_h.to(runtime.device, torch.float32)
+        with torch.no_grad():
+            errors = reprojection_errors(T_dev, coords[local.to(runtime.device)], pixels, K,
+                                         max_error_px=max_error)
+        scores = model(errors[:, None])
+        loss = (scores - target).abs().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():  # aux: rank correlation proxy, fraction of ordered pairs
+            s, t = scores.detach(), target
+            agree = ((s[:, None] - s[None]) * (t[:, None] - t[None]) > 0).float().mean()
+        return {'loss': float(loss.detach()), 'aux': float(agree) * 2.0}
+
+    run_loop(session, Stage.SCORE, cfg.budget, [Optim('score', optimizer, cfg.lr)], generator,
+          step_fn)
+    net.eval()
+
+
+# ----------------------------------------------------------------------------------------
+# Stage 3: end-to-end
+
+
+def clamp_hook(limit: float) -> Callable[[Tensor], Tensor]:
+    """Tensor hook clamping a gradient to [-limit, limit] (paper Sec. 4.2); NaN -> 0."""
+    def hook(grad: Tensor) -> Tensor:
+        return torch.nan_to_num(grad, nan=0.0).clamp(-limit, limit)
+    return hook
+
+
+def clamped_score_fn(score_net: ScoreNet, limit: float) -> Callable[[Tensor], Tensor]:
+    """ScoreFn (B, N, H, W) px -> (B, N) whose input and output gradients are clamped, so the
+    gradient entering the score CNN (at its output) and the one it passes back towards the
+    coordinate CNN (at its input) both lie in [-limit, limit]."""
+    hook = clamp_hook(limit)
+
+    def score_fn(errors_bnhw: Tensor) -> Tensor:
+        if errors_bnhw.requires_grad:
+            errors_bnhw.register_hook(hook)
+        scores = score_net.score_fn(errors_bnhw)
+        if scores.requires_grad:
+            scores.register_hook(hook)
+        return scores
+    return score_fn
+
+
+def end_to_end_loss(coord_net: SceneCoordinateNet, score_net: ScoreNet | None,
+                    images_b3hw: Tensor, K_33: Tensor, T_cw_gt_b44: Tensor,
+                    estimator: EstimatorConfig, grad_clamp: float,
+                    generator: torch.Generator | None, runtime: Runtime | None = None
+                    ) -> Tensor:
+    """Expected pose loss (deg / cm, paper Eq. 7 / SoftAM Eq. 4) of a batch of images.
+
+    images_b3hw: (B, 3, H, W) in [0, 1]; K_33 (3, 3) pixels; T_cw_gt_b44 (B, 4, 4)
+    world-to-camera. Gradients entering either network are clamped to +- grad_clamp.
+    """
+    # bf16 autocast only: fp16 gradients of the pose loss would need loss scaling.
+    use_amp = runtime is not None and runtime.amp_dtype == torch.bfloat16
+    ctx = runtime.autocast() if use_amp else contextlib.nullcontext()
+    with ctx:
+        pred = coord_net(images_b3hw)
+    pred = pred.float()
+    if pred.requires_grad:
+        pred.register_hook(clamp_hook(grad_clamp))
+    score_fn = None if score_net is None else clamped_score_fn(score_net, grad_clamp)
+    B = pred.shape[0]
+    K_b33 = K_33.to(pred).expand(B, 3, 3)
+    return expected_pose_loss(pred, K_b33, T_cw_gt_b44.to(pred), estimator, score_fn,
+                              generator, stride=coord_net.stride)
+
+
+def train_e2e(session: Session) -> None:
+    cfg, runtime, data = session.config.e2e, session.runtime, session.data
+    coord_net, score_net = session.coord_net, session.score_net
+    if session.config.channels_last:
+        coord_net = coord_net.to(memory_format=torch.channels_last)
+    # BatchNorm keeps its componentwise statistics: 1-2 images per step are too few to
+    # re-estimate them; its affine parameters still learn.
+    coord_net.eval()
+    optims = [Optim('coord', torch.optim.SGD(coord_net.parameters(), lr=cfg.coord_lr.lr,
+                                              momentum=cfg.momentum), cfg.coord_lr)]
+    params = list(coord_net.parameters())
+    if score_net is not None:
+        score_net.eval()
+        if cfg.train_score:
+            optims.append(Optim('score', torch.optim.SGD(score_net.parameters(),
+                                                          lr=cfg.score_lr.lr,
+                                                          momentum=cfg.momentum),
+                                 cfg.score_lr))
+            params += list(score_net.parameters())
+        else:
+            score_net.requires_grad_(False)
+    else:
+        _LOG.warning('stage e2e without a score net: scoring by soft inlier count, only the '
+                     'coordinate net learns')
+    estimator = EstimatorConfig(selection=cfg.selection, num_hypotheses=cfg.num_hypotheses,
+                                seed=session.config.seed)
+    generator = stage_generator(session, Stage.E2E)
+    K = data.K_33.to(runtime.device, torch.float32)
+    _LOG.info('stage e2e (%s): %d frame(s) per step, %d hypotheses, budget %s',
+              cfg.selection.value, cfg.frames_per_step, cfg.num_hypotheses, cfg.budget)
+
+    def step_fn(step: int) -> dict[str, float]:
+        idx = draw_frames(session, cfg.frames_per_step, generator)
+        images = batch_images(session, idx, False, generator)
+        loss = end_to_end_loss(coord_net, score_net, images, K, data.T_cw_b44[idx], estimator,
+                               cfg.grad_clamp, generator, runtime)
+        for o in optims:
+            o.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if runtime.distributed:
+            grads = []
+            for p in params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                grads.append(p.grad)
+            all_reduce_mean_(grads, runtime)
+        for o in optims:
+            o.optimizer.step()
+        return {'loss': float(loss.detach())}
+
+    run_loop(session, Stage.E2E, cfg.budget, optims, generator, step_fn)
