@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from dsac_ros.dsac import DsacEstimator, EstimatorConfig, Selection
-from dsac_ros.dsac.synthetic import (
+from dsac_ros.dsac.testing import (
     CorrespondenceCase,
     CorrespondenceCaseConfig,
     make_correspondence_case,

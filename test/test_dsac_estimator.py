@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dsac_ros.dsac import DsacEstimator, EstimatorConfig, PoseEstimate, Selection
-from dsac_ros.dsac.synthetic import CorrespondenceCaseConfig, make_correspondence_case
+from dsac_ros.dsac.testing import CorrespondenceCaseConfig, make_correspondence_case
 from dsac_ros.geometry.transforms import pose_errors, se3_exp
 
 

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from dsac_ros.dsac import DsacEstimator, EstimatorConfig, Selection, expected_pose_loss
-from dsac_ros.dsac.synthetic import CorrespondenceCaseConfig, make_correspondence_case
+from dsac_ros.dsac.testing import CorrespondenceCaseConfig, make_correspondence_case
 from dsac_ros.geometry.transforms import pose_loss
 
 

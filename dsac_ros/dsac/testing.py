@@ -1,4 +1,5 @@
-"""Synthetic scene-coordinate maps with a known pose (tests and benchmarks of the estimator).
+"""Test helper: synthetic scene-coordinate maps with a known pose, for the tests and benchmarks
+of the estimator (not used by inference or training).
 
 A map is built by back-projecting a random depth at the cell centres (with pixel noise), moving
 the points to the world frame with the known T_wc, and replacing a fraction of cells by outliers
