@@ -70,7 +70,13 @@ def test_launch_file_declares_the_standard_arguments():
     keywords = {k.arg: k.value for k in nodes[0].keywords}
     assert keywords['package'].value == 'dsac_ros'
     assert keywords['executable'].value == 'relocalize_node'
-    assert 'parameters' in keywords and 'remappings' in keywords
+    # Topic arguments set the node's parameters (a remap of one fixed name would silently do
+    # nothing once the YAML or compressed_input changes the topic).
+    assert 'parameters' in keywords and 'remappings' not in keywords
+    overrides = next(n for n in ast.walk(tree) if isinstance(n, ast.Assign)
+                     and getattr(n.targets[0], 'id', '') == 'OVERRIDES')
+    assert {e.value for e in overrides.value.elts} == {'model_path', 'image_topic',
+                                                       'camera_info_topic'}
     assert "get_package_share_directory('dsac_ros')" in LAUNCH_FILE.read_text()
 
 
