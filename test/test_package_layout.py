@@ -62,3 +62,47 @@ def test_console_script_targets_import(script):
     (entry,) = [e for e in entry_points(group='console_scripts') if e.name == script]
     module_name, function_name = entry.value.split(':')
     assert callable(getattr(import_module(module_name), function_name))
+
+
+# Each package imports only from the packages listed for it (no import runs back up the layers).
+LAYERS = {
+    'device': set(),
+    'geometry': set(),
+    'models': set(),
+    'dsac': {'device', 'geometry'},
+    'data': {'geometry'},
+    'relocalizer': {'device', 'geometry', 'dsac', 'models'},
+    'evaluation': {'geometry', 'dsac', 'data', 'relocalizer'},
+    'training': {'device', 'geometry', 'dsac', 'models', 'data'},
+    'ros': {'device', 'geometry', 'dsac', 'data', 'relocalizer'},
+    'demo': {'geometry', 'models', 'data', 'evaluation', 'ros'},
+    'cli': {'device', 'dsac', 'models', 'data', 'relocalizer', 'evaluation', 'training', 'demo'},
+}
+ROS_MODULES = {'rclpy', 'rcl_interfaces', 'sensor_msgs', 'geometry_msgs', 'std_msgs',
+               'diagnostic_msgs', 'tf2_msgs', 'builtin_interfaces', 'launch', 'launch_ros'}
+
+
+def _imports(path: Path) -> set[str]:
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+    return names
+
+
+def test_layers_and_ros_edge():
+    package = REPO / 'dsac_ros'
+    for path in package.rglob('*.py'):
+        rel = path.relative_to(package)
+        layer = rel.parts[0] if len(rel.parts) > 1 else rel.stem
+        if layer == '__init__':
+            continue
+        imports = _imports(path)
+        ours = {n.split('.')[1] for n in imports if n.startswith('dsac_ros.')} - {layer}
+        assert ours <= LAYERS[layer], f'{rel} imports {sorted(ours - LAYERS[layer])}'
+        ros = {n.split('.')[0] for n in imports} & ROS_MODULES
+        assert not ros or layer in ('ros', 'demo'), f'{rel} imports ROS: {sorted(ros)}'
