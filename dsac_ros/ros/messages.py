@@ -15,6 +15,7 @@ perturbation, ``R_wc' = exp([dtheta]x) R_wc`` with dtheta in the map frame. See
 
 from __future__ import annotations
 
+import functools
 import math
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -138,8 +139,23 @@ def intrinsics_to_camera_info(K_33: np.ndarray, width: int, height: int,
 # Poses
 
 
+def _pose_fields(T_44) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(translation, quaternion xyzw) of a finite 4x4 transform (`matrix_to_pose_np`). The node
+    fills three messages from one pose per frame: the few most recent are kept."""
+    T = np.asarray(T_44, dtype=np.float64)
+    if T.shape != (4, 4):
+        raise ValueError(f'expected a finite 4x4 transform, got shape {T.shape}')
+    return _pose_fields_of_bytes(np.ascontiguousarray(T).tobytes())
+
+
+@functools.lru_cache(maxsize=8)
+def _pose_fields_of_bytes(T_bytes: bytes) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    translation, quat = matrix_to_pose_np(np.frombuffer(T_bytes, np.float64).reshape(4, 4))
+    return tuple(translation.tolist()), tuple(quat.tolist())
+
+
 def _fill_pose(pose, T_44: np.ndarray) -> None:
-    translation, quat = matrix_to_pose_np(T_44)
+    translation, quat = _pose_fields(T_44)
     pose.position.x, pose.position.y, pose.position.z = (float(v) for v in translation)
     (pose.orientation.x, pose.orientation.y, pose.orientation.z,
      pose.orientation.w) = (float(v) for v in quat)
@@ -187,7 +203,7 @@ def transform_stamped(T_parent_child_44: np.ndarray, stamp, parent_frame: str,
     msg.header.stamp = stamp
     msg.header.frame_id = parent_frame
     msg.child_frame_id = child_frame
-    translation, quat = matrix_to_pose_np(T_parent_child_44)
+    translation, quat = _pose_fields(T_parent_child_44)
     msg.transform.translation.x, msg.transform.translation.y, msg.transform.translation.z = (
         float(v) for v in translation)
     (msg.transform.rotation.x, msg.transform.rotation.y, msg.transform.rotation.z,
