@@ -90,7 +90,8 @@ class Session:
 
 
 # ----------------------------------------------------------------------------------------
-# Session
+# Signals and opening a session
+
 
 class _SignalRelay:
     def __init__(self) -> None:
