@@ -138,11 +138,8 @@ def _call(command: list[str], log_path: Path) -> int:
 def execute(run: Run, args: argparse.Namespace) -> bool:
     """Train and evaluate ``run`` unless done; True when its results exist afterwards."""
     results = run.folder / 'eval' / 'results.json'
-    if results.exists():
-        return True
     if args.table_only:
-        return False
-    run.folder.mkdir(parents=True, exist_ok=True)
+        return results.exists()
     budget = [f'--{run.budget_kind}', f'{run.budget:g}']
     train = [sys.executable, '-m', 'dsac_ros.cli.train', '--scene', str(run.scene_root),
              '--out', str(run.folder), '--stage', 'all', *budget, '--seed', str(run.seed),
@@ -156,6 +153,9 @@ def execute(run: Run, args: argparse.Namespace) -> bool:
     if record.exists() and json.loads(record.read_text()) != described:
         raise SystemExit(f'{run.folder} was started with other arguments '
                          f'({record}); use another --tag or remove the folder')
+    if results.exists():
+        return True
+    run.folder.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps(described, indent=1) + '\n')
     if not (run.folder / 'train.done').exists():
         t0 = time.monotonic()
@@ -195,14 +195,19 @@ def run_row(run: Run) -> dict:
     }
 
 
-def _mean_spread(values: list[float], fmt: str) -> str:
-    values = [v for v in values if v is not None and math.isfinite(v)]
-    if not values:
+def _mean_spread(values: list[float | None], fmt: str) -> str:
+    """Mean (min-max) of the values; '-' when there are none or one is None / not finite
+    (a median over frames half of which got no pose, a bin without frames)."""
+    if not values or any(v is None or not math.isfinite(v) for v in values):
         return '-'
     text = fmt.format(statistics.fmean(values))
     if len(values) > 1:
         text += ' (' + fmt.format(min(values)) + '-' + fmt.format(max(values)) + ')'
     return text
+
+
+def _times(factor: float, value: float | None) -> float | None:
+    return None if value is None else factor * value
 
 
 def _pct(rows: list[dict], mode: str | None, key: str) -> str:
@@ -234,15 +239,15 @@ def tables(rows: list[dict]) -> str:
         out.append('| scene | kind | seeds | nearest training view, median (p90) | near % | '
                    '5cm/5° RANSAC | SoftAM | DSAC | best: 10cm/10° | 2cm/2° | median | '
                    '5cm/5° near | 5cm/5° far+mid |')
-        out.append('|' + '---|' * 14)
+        out.append('|' + '---|' * 13)
         for scene in scenes:
             sel = [r for r in rows if r['scene'] == scene and (r['budget_kind'], r['budget'])
                    == (kind, budget)]
             if not sel:
                 continue
             near = sel[0]['coverage'].get('bins', {}).get('near', {}).get('pct', math.nan)
-            medians = _mean_spread([100 * r['modes'][r['best_mode']]['median_translation_m']
-                                    for r in sel], '{:.1f}')
+            medians = _mean_spread([_times(100, r['modes'][r['best_mode']]
+                                           ['median_translation_m']) for r in sel], '{:.1f}')
             med_deg = _mean_spread([r['modes'][r['best_mode']]['median_rotation_deg']
                                     for r in sel], '{:.1f}')
 

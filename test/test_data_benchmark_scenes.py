@@ -91,7 +91,7 @@ def test_layouts_keep_furniture_out_of_the_camera_volume_and_repeat_materials():
         for kind in PathKind:
             train, test = benchmark_trajectories(BenchmarkSceneConfig(seed=seed, kind=kind),
                                                  layout)
-            for T_wc in np.concatenate(train + [test]):
+            for T_wc in np.concatenate(train + [test])[::4]:
                 assert room.inside_free_space(T_wc[:3, 3], margin=0.2), (seed, kind)
                 assert x0 - 0.1 <= T_wc[0, 3] <= x1 + 0.1, (seed, kind)
                 assert y0 - 0.1 <= T_wc[1, 3] <= y1 + 0.1, (seed, kind)
