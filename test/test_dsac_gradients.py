@@ -57,7 +57,11 @@ def test_gradient_reaches_coordinates_and_score_parameters(selection):
     assert float(coords.grad.abs().sum()) > 0
     for name, p in score.named_parameters():
         assert p.grad is not None and bool(torch.isfinite(p.grad).all()), name
-        assert float(p.grad.abs().sum()) > 0, name
+        if name == 'head.bias':
+            # Shifts every score of an image alike: the selection softmax ignores it.
+            assert float(p.grad.abs().max()) < 1e-9, name
+        else:
+            assert float(p.grad.abs().sum()) > 0, name
 
 
 @pytest.mark.parametrize('selection', [Selection.DSAC, Selection.SOFTAM])

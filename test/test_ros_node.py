@@ -496,7 +496,7 @@ def played(ros_env, model_path, scene_dir, tmp_path_factory):
             PARAMS_FILE, {'model_path': str(model_path), **NODE_TEST_PARAMS}))
         assert wait_for(ready.exists, 30.0, children=[recorder]), recorder.log()
         player = procs.start('player', module_command(
-            'dsac_ros.ros.player', str(scene_dir), '--rate', '15', '--gt-out', str(gt_path),
+            'dsac_ros.ros.player', str(scene_dir), '--rate', '5', '--gt-out', str(gt_path),
             '--wait-timeout', '60'))
         assert player.process.wait(90) == 0, player.log()
         time.sleep(3.0)  # the node finishes its last frame and reports once more

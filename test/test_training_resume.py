@@ -73,13 +73,14 @@ def test_resume_after_sigkill(tiny_scene: Path, tmp_path: Path):
     assert proc.returncode == -signal.SIGKILL
     saved = _saved_step(out / 'checkpoint.pt')
     assert saved is not None and saved >= 10 and saved % 5 == 0
-    assert not [p for p in out.iterdir() if p.name.endswith('.tmp')]
+    # SIGKILL may land inside a checkpoint write: its temp file may stay until the next run.
 
     finish = _cli(tiny_scene, out, '--stage', 'coords', '--iterations', str(saved + 10),
                   '--checkpoint-every', '5')
     done = subprocess.run(finish, env=_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert f'resuming at step {saved}' in done.stderr
+    assert not [p for p in out.iterdir() if p.name.endswith('.tmp')]
     raw = read_checkpoint_dict(out / 'checkpoint.pt')
     assert raw['training']['completed'] == ['coords'] and raw['training']['stage'] is None
     with open(out / 'log.csv', newline='') as f:

@@ -117,6 +117,20 @@ def checkpoint_dict(coord_net: SceneCoordinateNet, score_net: ScoreNet | None, K
     return payload
 
 
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete the temp files a killed `save_checkpoint` of ``path`` left beside it.
+
+    SIGKILL during a write cannot run the writer's clean-up, so a resuming run calls this
+    before it writes again. Returns the removed paths.
+    """
+    path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(f'.{path.name}.*.tmp'):
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
+
+
 def save_checkpoint(path: str | os.PathLike, coord_net: SceneCoordinateNet,
                     score_net: ScoreNet | None, K_33: Tensor, image_size: tuple[int, int],
                     metadata: dict[str, Any] | None = None,

@@ -37,7 +37,11 @@ from torch.nn.parallel import DistributedDataParallel
 from dsac_ros.dsac import EstimatorConfig, expected_pose_loss
 from dsac_ros.geometry.camera import cell_centers
 from dsac_ros.geometry.scoring import reprojection_errors
-from dsac_ros.models.checkpoint import load_checkpoint, save_checkpoint
+from dsac_ros.models.checkpoint import (
+    load_checkpoint,
+    remove_stale_temporaries,
+    save_checkpoint,
+)
 from dsac_ros.models.scene_coordinate_net import SceneCoordinateNet
 from dsac_ros.models.score_net import ScoreNet, ScoreNetConfig
 from dsac_ros.training.config import Budget, LrSchedule, Stage, TrainConfig
@@ -173,6 +177,10 @@ def _open_session(config: TrainConfig, runtime: Runtime) -> _Session:
         raise ValueError(f'{n} training frames cannot be shared by {runtime.world_size} ranks')
     shard = torch.arange(n)[runtime.rank::runtime.world_size]
     ckpt_path = config.out_dir / CHECKPOINT_NAME
+    if runtime.is_main:
+        for name in (CHECKPOINT_NAME, MODEL_NAME):
+            for stale in remove_stale_temporaries(config.out_dir / name):
+                _LOG.info('removed %s, left by a run killed while writing', stale)
     resume = None
     completed: list[str] = []
     if ckpt_path.exists():
