@@ -257,7 +257,7 @@ def test_clis(tmp_path: Path, capsys) -> None:
     assert extract_cli.main([str(tmp_path / 'bag'), str(tmp_path / 'out'), '--image-topic',
                              TOPICS.image, '--camera-info-topic', TOPICS.camera_info,
                              '--camera-frame', TOPICS.camera_frame, '--depth-topic',
-                             TOPICS.depth]) == 0
+                             TOPICS.depth, '--test-fraction', '0']) == 0
     assert '3 frames written' in capsys.readouterr().out
     _assert_same_scene(SceneDataset(tmp_path / 'scene'), SceneDataset(tmp_path / 'out'))
     assert extract_cli.main([str(tmp_path / 'missing'), str(tmp_path / 'o2'), '--image-topic',

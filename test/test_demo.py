@@ -20,8 +20,8 @@ def test_demo_runs_and_reports(ros_env, model_path, tmp_path):  # noqa: F811
     out = tmp_path / 'demo_out'
     result = subprocess.run(
         DEMO + ['--out', str(out), '--frames', '24', '--rate', '5', '--num-threads', '1',
-                '--model', str(model_path)], env=ros_env, capture_output=True, text=True,
-        timeout=180)
+                '--model', str(model_path)],
+        env=ros_env, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
     assert 'within 5 cm / 5 deg' in result.stdout and 'latency' in result.stdout
     summary = json.loads((out / 'summary.json').read_text())

@@ -38,8 +38,11 @@ def test_cli_writes_json_pngs_and_prints_table(inputs, tmp_path):
     assert lines[2].split()[0] == 'tinyscene' and len(lines[2].split()) == 4
     assert 'Median pose errors' in proc.stdout and '2cm and 2' in proc.stdout
     assert '10cm and 10' in proc.stdout and 'network' in proc.stdout
+    assert 'Distance of the test views to the training views' in proc.stdout
+    assert 'Accuracy by distance to the training views' in proc.stdout
     data = json.loads((out / 'results.json').read_text())
     assert data['scenes'][0]['frames'] == 2
+    assert data['scenes'][0]['coverage']['frames'] == 2
     assert set(data['scenes'][0]['selections']) == {'ransac', 'softam', 'dsac'}
     for name in ('tinyscene_error_cdf.png', 'tinyscene_top_view.png'):
         assert (out / name).read_bytes()[:4] == b'\x89PNG'

@@ -2,11 +2,14 @@
 
     dsac_make_scene OUT_DIR [--seed 0] [--width 320] [--height 240] [--fx 260] [--fy 260]
                     [--train-frames 600] [--test-frames 200] [--bag FILE] [--bag-format mcap]
+    dsac_make_scene --benchmark NAME OUT_DIR [--train-frames N] [--test-frames N] [--seed S]
+    dsac_make_scene --list-benchmarks
 
-argparse -> SyntheticSceneConfig -> dsac_ros.data.synthetic.generate_scene (tqdm progress);
-``--bag`` then writes the training split (``--bag-split``) with
-dsac_ros.data.bag_writer.write_scene_bag (Image rgb8, CameraInfo, depth 16UC1, PoseStamped, /tf,
-/tf_static).
+argparse -> SyntheticSceneConfig -> dsac_ros.data.synthetic.generate_scene (the demo room), or
+with ``--benchmark`` the suite's BenchmarkSceneConfig -> dsac_ros.data.benchmark_scenes.
+generate_benchmark_scene (tqdm progress; docs/BENCHMARKS.md); ``--bag`` then writes the
+training split (``--bag-split``) with dsac_ros.data.bag_writer.write_scene_bag (Image rgb8,
+CameraInfo, depth 16UC1, PoseStamped, /tf, /tf_static).
 """
 
 from __future__ import annotations
@@ -19,20 +22,37 @@ import sys
 from tqdm import tqdm
 
 from dsac_ros.data.bag_writer import BagFormat, write_scene_bag
+from dsac_ros.data.benchmark_scenes import (
+    BENCHMARK_SUITE,
+    benchmark_config,
+    generate_benchmark_scene,
+)
 from dsac_ros.data.synthetic import SyntheticSceneConfig, generate_scene
+
+_OVERRIDES = ('seed', 'width', 'height', 'fx', 'fy', 'train_frames', 'test_frames')
 
 
 def build_parser() -> argparse.ArgumentParser:
     defaults = SyntheticSceneConfig()
     parser = argparse.ArgumentParser(prog='dsac_make_scene', description=__doc__.split('\n')[0])
-    parser.add_argument('out_dir', type=Path, help='scene root to create (must not exist)')
-    parser.add_argument('--seed', type=int, default=defaults.seed)
-    parser.add_argument('--width', type=int, default=defaults.width, help='pixels')
-    parser.add_argument('--height', type=int, default=defaults.height, help='pixels')
-    parser.add_argument('--fx', type=float, default=defaults.fx, help='focal length, pixels')
-    parser.add_argument('--fy', type=float, default=defaults.fy, help='focal length, pixels')
-    parser.add_argument('--train-frames', type=int, default=defaults.train_frames)
-    parser.add_argument('--test-frames', type=int, default=defaults.test_frames)
+    parser.add_argument('out_dir', type=Path, nargs='?',
+                        help='scene root to create (must not exist)')
+    parser.add_argument('--benchmark', metavar='NAME', choices=sorted(BENCHMARK_SUITE),
+                        help='render this benchmark scene instead of the demo room: '
+                        + ', '.join(BENCHMARK_SUITE))
+    parser.add_argument('--list-benchmarks', action='store_true',
+                        help='list the benchmark scenes and exit')
+    # None: the demo room's or the benchmark scene's own value.
+    parser.add_argument('--seed', type=int,
+                        help=f'room seed (default {defaults.seed}; with --benchmark: another '
+                        'room and paths of that kind)')
+    parser.add_argument('--width', type=int, help=f'pixels (default {defaults.width})')
+    parser.add_argument('--height', type=int, help=f'pixels (default {defaults.height})')
+    parser.add_argument('--fx', type=float, help=f'focal length, pixels (default {defaults.fx:g})')
+    parser.add_argument('--fy', type=float, help=f'focal length, pixels (default {defaults.fy:g})')
+    parser.add_argument('--train-frames', type=int,
+                        help=f'default {defaults.train_frames}')
+    parser.add_argument('--test-frames', type=int, help=f'default {defaults.test_frames}')
     parser.add_argument('--bag', type=Path, default=None,
                         help='also write this split as a bag (folder for rosbag2, .bag for ROS 1)')
     parser.add_argument('--bag-format', choices=[f.value for f in BagFormat], default='mcap')
@@ -42,15 +62,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.list_benchmarks:
+        for name, config in BENCHMARK_SUITE.items():
+            print(f'{name:12s} seed {config.seed:3d}  {config.kind.value:8s} {config.description}')
+        return 0
+    if args.out_dir is None:
+        parser.error('OUT_DIR is required')
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
+    overrides = {k: getattr(args, k) for k in _OVERRIDES if getattr(args, k) is not None}
     try:
-        config = SyntheticSceneConfig(seed=args.seed, width=args.width, height=args.height,
-                                      fx=args.fx, fy=args.fy, train_frames=args.train_frames,
-                                      test_frames=args.test_frames)
+        if args.benchmark is not None:
+            config = benchmark_config(args.benchmark, **overrides)
+            make = generate_benchmark_scene
+        else:
+            config = SyntheticSceneConfig(**overrides)
+            make = generate_scene
         total = config.train_frames + config.test_frames
         with tqdm(total=total, unit='frame', desc='rendering') as bar:
-            root = generate_scene(args.out_dir, config, progress=bar.update)
+            root = make(args.out_dir, config, progress=bar.update)
         print(f'scene written to {root} ({config.train_frames} train, {config.test_frames} '
               f'test frames, {config.width}x{config.height})')
         if args.bag is not None:

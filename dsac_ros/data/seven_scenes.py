@@ -174,6 +174,16 @@ class SceneDataset(Sequence):
     def __len__(self) -> int:
         return len(self._stems)
 
+    def color_paths(self) -> list[Path]:
+        """Colour image file of every frame, in frame order."""
+        return [Path(f'{stem}.color.png') for stem in self._stems]
+
+    def poses(self) -> np.ndarray:
+        """(N, 4, 4) float64 camera-to-world poses of every frame (reads no images)."""
+        if not self._stems:
+            return np.zeros((0, 4, 4))
+        return np.stack([_read_pose(Path(f'{stem}.pose.txt')) for stem in self._stems])
+
     def __getitem__(self, index: int) -> Frame:  # type: ignore[override]
         stem = self._stems[index]
         bgr = cv2.imread(f'{stem}.color.png', cv2.IMREAD_COLOR)

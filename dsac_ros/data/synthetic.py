@@ -217,11 +217,17 @@ class SyntheticRoom:
     """A textured box room with furniture; renders exact colour and depth for any pose.
 
     Deterministic by ``seed``: textures and the layout are built once at construction.
+    ``texture_fn(face_index, height_texels, width_texels)`` (optional) supplies the (h, w, 3)
+    uint8 texture of a face, or None for the default one; faces are numbered room first
+    (0..5), then 6 per block in ``blocks`` order, ``2 * axis + (1 for the + side)`` within an
+    owner (texture rows follow the face's second local axis, columns its first).
     """
 
     def __init__(self, seed: int = 0, room_size_m: tuple[float, float, float] = (6.0, 5.0, 3.0),
-                 blocks: list[Block] | None = None) -> None:
+                 blocks: list[Block] | None = None,
+                 texture_fn: Callable[[int, int, int], np.ndarray | None] | None = None) -> None:
         self.seed = int(seed)
+        self._texture_fn = texture_fn
         self.room_size_m = tuple(float(s) for s in room_size_m)
         self.blocks = list(_default_blocks(self.room_size_m) if blocks is None else blocks)
         self.light_world = np.array([self.room_size_m[0] * 0.4, self.room_size_m[1] * 0.6,
@@ -253,8 +259,10 @@ class SyntheticRoom:
             shelf_h = max(shelf_h, h + pad)
         atlas = np.zeros((row + shelf_h + 2 * pad, atlas_w, 3), np.uint8)
         hues = rng.permutation(np.linspace(0.0, 180.0, len(flat), endpoint=False))
-        for f, (h, w), hue in zip(flat, sizes, hues):
-            tex = _make_texture(rng, h, w, float(hue))
+        for i, (f, (h, w), hue) in enumerate(zip(flat, sizes, hues)):
+            tex = None if self._texture_fn is None else self._texture_fn(i, h, w)
+            if tex is None:
+                tex = _make_texture(rng, h, w, float(hue))
             atlas[f.atlas_row:f.atlas_row + h, f.atlas_col:f.atlas_col + w] = tex
             f.size_texels = (h, w)  # type: ignore[attr-defined]
         self.atlas = atlas

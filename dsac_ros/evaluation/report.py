@@ -13,6 +13,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 import numpy as np
 
+from dsac_ros.data.view_coverage import BINS
+from dsac_ros.evaluation.coverage import accuracy_by_coverage
 from dsac_ros.evaluation.metrics import THRESHOLDS, summarize, threshold_key
 from dsac_ros.evaluation.run import SceneResult
 
@@ -47,12 +49,25 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
+def accuracy_by_bin(result: SceneResult) -> dict[str, dict[str, dict[str, Any]]]:
+    """Selection mode -> coverage bin ('near', 'mid', 'far') -> ErrorSummary dict of the
+    frames in that bin; empty without coverage."""
+    if result.coverage is None:
+        return {}
+    return {key: {name: summary.to_dict() for name, summary in accuracy_by_coverage(
+        result.coverage.nearest, sel.rotation_deg_n, sel.translation_m_n, sel.valid_n).items()}
+        for key, sel in result.selections.items()}
+
+
 def scene_to_dict(result: SceneResult) -> dict[str, Any]:
-    """JSON-ready dict of one scene: summaries, mean timings and per-frame results.
+    """JSON-ready dict of one scene: summaries, mean timings, per-frame results and, for a
+    test split, the coverage by the training views (``coverage``: median / p90 distances
+    and angles to the nearest training view, bins, train/test overlap, accuracy per bin).
 
     Errors: rotation in degrees, translation (camera centre) in metres, null = no pose.
     Poses: T_wc camera-to-world 4x4, row-major.
     """
+    cov = result.coverage
     selections = {}
     for key, sel in result.selections.items():
         selections[key] = {
@@ -60,11 +75,14 @@ def scene_to_dict(result: SceneResult) -> dict[str, Any]:
             'estimator_ms_mean': float(np.mean(sel.estimator_ms_n)) if sel.valid_n.size else None,
             'frames': [
                 {'name': name, 'valid': bool(v), 'rotation_deg': r, 'translation_m': t,
-                 'inlier_ratio': q, 'T_wc': T}
-                for name, v, r, t, q, T in zip(result.frame_names, sel.valid_n,
-                                               sel.rotation_deg_n, sel.translation_m_n,
-                                               sel.inlier_ratio_n, sel.T_wc_n44)],
+                 'inlier_ratio': q, 'T_wc': T, **({} if cov is None else cov.nearest.per_frame(i))}
+                for i, (name, v, r, t, q, T) in enumerate(zip(
+                    result.frame_names, sel.valid_n, sel.rotation_deg_n, sel.translation_m_n,
+                    sel.inlier_ratio_n, sel.T_wc_n44))],
         }
+    coverage = None
+    if cov is not None:
+        coverage = {**cov.summary(), 'accuracy_by_bin': accuracy_by_bin(result)}
     return _clean({
         'scene': result.scene,
         'scene_root': result.scene_root,
@@ -77,6 +95,7 @@ def scene_to_dict(result: SceneResult) -> dict[str, Any]:
             'network': float(np.mean(result.network_ms_n)) if result.frame_names else None,
         },
         'T_wc_gt': result.T_wc_gt_n44,
+        'coverage': coverage,
         'selections': selections,
     })
 
@@ -263,6 +282,7 @@ def format_table(results: Sequence[SceneResult]) -> str:
             blocks.append(['Median pose errors (paper Table 2; - = no pose for half the frames or '
                            'more)', header] + rows(
                 lambda s: _fmt_median(s['median_translation_m'], s['median_rotation_deg'])))
+    blocks.extend(_coverage_blocks(results, width, col, modes))
     timing = ['Mean per-frame timings (ms)',
               'Scene'.ljust(width) + 'network'.rjust(col) + ''.join(
                   f'est. {_label(m)}'.rjust(col) for m in modes) + 'device'.rjust(col)]
@@ -274,10 +294,68 @@ def format_table(results: Sequence[SceneResult]) -> str:
     return '\n\n'.join('\n'.join(b) for b in blocks)
 
 
+def _fmt_view(summary: dict, distance: str, angle: str) -> str:
+    d, a = summary[distance], summary[angle]
+    return (f'{100 * d["median"]:.0f}cm {a["median"]:.0f}\u00b0 / '
+            f'{100 * d["p90"]:.0f}cm {a["p90"]:.0f}\u00b0')
+
+
+def _coverage_blocks(results: Sequence[SceneResult], width: int, col: int,
+                     modes: list[str]) -> list[list[str]]:
+    """Text blocks: distances of the test views to the training views, accuracy by that
+    distance, and a warning per scene whose test frames are training frames."""
+    covered = [r for r in results if r.coverage is not None]
+    if not covered:
+        return []
+    config = covered[0].coverage.config
+    wide = 26
+    distance = [
+        'Distance of the test views to the training views, median / 90th percentile '
+        f'(nearest = the training view minimizing max(d / {100 * config.near_distance_m:g}cm, '
+        f'a / {config.near_angle_deg:g}\u00b0); nearest position = the nearest camera centre, '
+        'with its angle; min angle = to any training view; d between camera centres, a between '
+        'optical axes)',
+        'Scene'.ljust(width) + 'nearest view'.rjust(wide) + 'nearest position'.rjust(wide)
+        + 'min angle'.rjust(12) + 'near / mid / far'.rjust(22)]
+    for r in covered:
+        s = r.coverage.summary()
+        bins = ' / '.join(f'{s["bins"][name]["pct"]:.0f}%' for name, _ in BINS)
+        distance.append(
+            r.scene.ljust(width) + _fmt_view(s, 'nearest_distance_m', 'nearest_angle_deg')
+            .rjust(wide) + _fmt_view(s, 'min_distance_m', 'angle_at_min_distance_deg').rjust(wide)
+            + f'{s["min_angle_deg"]["median"]:.0f}\u00b0 / {s["min_angle_deg"]["p90"]:.0f}\u00b0'
+            .rjust(12) + bins.rjust(22))
+    bin_names = {'near': f'near (<={100 * config.near_distance_m:g}cm&'
+                         f'{config.near_angle_deg:g}\u00b0)',
+                 'mid': f'mid (<={200 * config.near_distance_m:g}cm&'
+                        f'{2 * config.near_angle_deg:g}\u00b0)', 'far': 'far'}
+    key = threshold_key(*THRESHOLDS[0])
+    accuracy = [f'Accuracy by distance to the training views: % within '
+                f'{100 * THRESHOLDS[0][0]:g}cm and {THRESHOLDS[0][1]:g}\u00b0 (frames)',
+                'Scene'.ljust(width) + 'bin'.ljust(24) + ''.join(
+                    _label(m).rjust(col) for m in modes)]
+    for r in covered:
+        by_bin = accuracy_by_bin(r)
+        for name, _ in BINS:
+            first = by_bin[modes[0]].get(name) if modes[0] in by_bin else None
+            if first is None:
+                continue
+            accuracy.append(r.scene.ljust(width) + f'{bin_names[name]} n={first["frames"]}'
+                            .ljust(24) + ''.join(
+                                (_fmt_pct(by_bin[m][name]['within_pct'][key])
+                                 if m in by_bin else '-').rjust(col) for m in modes))
+    blocks = [distance, accuracy]
+    warnings = [f'{r.scene}: {r.coverage.overlap.message()}' for r in covered
+                if r.coverage.overlap.any]
+    if warnings:
+        blocks.append(warnings)
+    return blocks
+
+
 def _fmt_ms(values: np.ndarray) -> str:
     values = np.asarray(values)
     return '-' if values.size == 0 else f'{float(values.mean()):.1f}'
 
 
-__all__ = ['combined_summaries', 'format_table', 'ground_plane_axes', 'plot_error_cdf',
-           'plot_top_view', 'scene_to_dict', 'write_report']
+__all__ = ['accuracy_by_bin', 'combined_summaries', 'format_table', 'ground_plane_axes',
+           'plot_error_cdf', 'plot_top_view', 'scene_to_dict', 'write_report']

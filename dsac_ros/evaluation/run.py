@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from dsac_ros.data.seven_scenes import SceneDataset
+from dsac_ros.data.view_coverage import CoverageConfig, SceneCoverage, scene_coverage
 from dsac_ros.dsac import EstimatorConfig, Selection
 from dsac_ros.evaluation.metrics import ErrorSummary, frame_errors, summarize
 from dsac_ros.relocalizer import NetworkPrecision, Relocalizer, RelocalizerConfig
@@ -36,6 +37,7 @@ class EvaluationConfig:
         use_score_net: score hypotheses with the checkpoint's ScoreNet (else soft inliers).
         precision: network precision (see `NetworkPrecision`).
         progress: show a tqdm progress bar on stderr.
+        coverage: scales of the distance of test views to the training views (test split).
     """
 
     split: str = 'test'
@@ -46,6 +48,7 @@ class EvaluationConfig:
     use_score_net: bool = False
     precision: NetworkPrecision = NetworkPrecision.AUTO
     progress: bool = False
+    coverage: CoverageConfig = field(default_factory=CoverageConfig)
 
     def __post_init__(self) -> None:
         selections = tuple(Selection(s) for s in self.selections)
@@ -83,6 +86,8 @@ class SceneResult:
 
     T_wc_gt_n44: (N, 4, 4) ground-truth camera-to-world poses. preprocess_ms_n / network_ms_n:
     (N,) per-frame milliseconds (shared by all modes). selections: mode value -> result.
+    coverage: how far each evaluated frame is from the training views, and whether test
+    frames are training frames (test split with a readable training split; else None).
     """
 
     scene: str
@@ -95,6 +100,7 @@ class SceneResult:
     network_ms_n: np.ndarray
     selections: dict[str, SelectionResult]
     device: str
+    coverage: SceneCoverage | None = None
 
 
 def frame_indices(num_frames: int, max_frames: int | None) -> np.ndarray:
@@ -104,6 +110,23 @@ def frame_indices(num_frames: int, max_frames: int | None) -> np.ndarray:
     if max_frames is None or max_frames >= num_frames:
         return np.arange(num_frames)
     return np.unique(np.linspace(0, num_frames - 1, int(max_frames)).round().astype(np.int64))
+
+
+def _coverage(dataset: SceneDataset, indices: np.ndarray, T_wc_n44: np.ndarray,
+              config: CoverageConfig) -> SceneCoverage | None:
+    """Coverage of the evaluated test frames by the scene's training split (None without
+    one)."""
+    try:
+        train = SceneDataset(dataset.root, 'train', load_depth=False)
+    except (FileNotFoundError, ValueError) as exc:
+        LOGGER.warning('no coverage statistics for %s: %s', dataset.root, exc)
+        return None
+    paths = dataset.color_paths()
+    coverage = scene_coverage([paths[int(i)] for i in indices], T_wc_n44, train.color_paths(),
+                              train.poses(), config)
+    if coverage.overlap.any:
+        LOGGER.warning('%s: %s', dataset.root, coverage.overlap.message())
+    return coverage
 
 
 def evaluate(checkpoint: str | os.PathLike | Relocalizer, scene_root: str | os.PathLike,
@@ -184,11 +207,13 @@ def evaluate(checkpoint: str | os.PathLike | Relocalizer, scene_root: str | os.P
             estimator_ms_n=est_ms[selection], summary=summarize(deg, m, valid[selection]))
         LOGGER.info('%s %s: %.1f%% within 5cm/5deg', Path(scene_root).name, selection.value,
                     results[selection.value].summary.within_pct['5cm_5deg'])
+    coverage = (_coverage(dataset, indices, T_gt, config.coverage)
+                if config.split == 'test' and n else None)
     return SceneResult(scene=Path(scene_root).resolve().name, scene_root=str(scene_root),
                        checkpoint=checkpoint_name, split=config.split,
                        frame_names=tuple(names), T_wc_gt_n44=T_gt, preprocess_ms_n=pre_ms,
                        network_ms_n=net_ms, selections=results,
-                       device=str(relocalizer.device))
+                       device=str(relocalizer.device), coverage=coverage)
 
 
 __all__ = ['EvaluationConfig', 'SceneResult', 'SelectionResult', 'evaluate', 'frame_indices']
