@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from dsac_ros.geometry.pnp import pnp_information, refine_pnp, solve_p4p
+from dsac_ros.geometry.pnp import pnp_information, refine_pnp, resolve_pnp, solve_p4p
 from dsac_ros.geometry.transforms import make_se3, pose_errors, se3_exp, transform_points
 
 F64 = torch.float64
@@ -321,6 +321,36 @@ def test_refine_pnp_gradcheck_and_central_differences():
     probe = torch.from_numpy(rng.normal(size=(2, 4, 4)))
     _central_difference_check(lambda Xw: (refine_pnp(T0, Xw, pix, K, iterations=5)
                                           * probe).sum(), X)
+
+
+def test_resolve_pnp_is_the_optimum_and_its_implicit_gradient():
+    """resolve_pnp lands on the LM optimum whatever the start, matches cv2.solvePnP (iterative,
+    from the truth) and differentiates like central differences of the converged solve."""
+    rng = np.random.default_rng(24)
+    T_gt, X, pix, scenes = _batch(rng, 2, 40, K_SQUARE, noise_px=1.0)
+    K = torch.from_numpy(K_SQUARE)
+    starts = [se3_exp(torch.from_numpy(scale * rng.normal(size=(2, 6)))) @ T_gt
+              for scale in (0.002, 0.02)]
+    near, far = (resolve_pnp(T0, X, pix, K, max_iterations=30, tolerance=1e-12)
+                 for T0 in starts)
+    torch.testing.assert_close(near, far, atol=1e-9, rtol=0)
+    for b, (rvec, tvec, Xw, p) in enumerate(scenes):
+        ok, r_cv, t_cv = cv2.solvePnP(Xw, p, K_SQUARE, None, rvec.copy(), tvec.copy(),
+                                      useExtrinsicGuess=True, flags=cv2.SOLVEPNP_ITERATIVE)
+        deg, m = pose_errors(near[b], _T_from_cv(r_cv, t_cv))
+        assert ok and float(deg) < 1e-5 and float(m) < 1e-7
+    probe = torch.from_numpy(rng.normal(size=(2, 4, 4)))
+    Xg = X.clone().requires_grad_()
+    (grad,) = torch.autograd.grad((resolve_pnp(starts[1], Xg, pix, K) * probe).sum(), Xg)
+    h = 1e-6
+    for idx in [(0, 3, 2), (1, 10, 0), (1, 25, 1)]:
+        plus, minus = X.clone(), X.clone()
+        plus[idx] += h
+        minus[idx] -= h
+        value = [(resolve_pnp(starts[1], x, pix, K, max_iterations=30, tolerance=1e-12)
+                  * probe).sum() for x in (plus, minus)]
+        numeric = float((value[0] - value[1]) / (2 * h))
+        assert abs(numeric - float(grad[idx])) <= 2e-3 * float(grad.abs().max()), idx
 
 
 def test_pnp_information_matches_numeric_jacobian():

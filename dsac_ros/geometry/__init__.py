@@ -16,7 +16,7 @@ from dsac_ros.geometry.camera import (
     scale_intrinsics_np,
 )
 from dsac_ros.geometry.kabsch import kabsch
-from dsac_ros.geometry.pnp import pnp_information, refine_pnp, solve_p4p
+from dsac_ros.geometry.pnp import pnp_information, refine_pnp, resolve_pnp, solve_p4p
 from dsac_ros.geometry.scoring import (
     hard_inliers,
     reprojection_error_maps,
@@ -52,6 +52,7 @@ __all__ = [
     'matrix_to_quaternion_np', 'normalize_pixels', 'pnp_information', 'pose_errors',
     'pose_errors_np', 'pose_loss', 'pose_to_matrix_np', 'project', 'quaternion_slerp',
     'quaternion_to_matrix', 'quaternion_to_matrix_np', 'refine_pnp', 'reprojection_error_maps',
-    'reprojection_errors', 'rotation_error_deg', 'scale_intrinsics', 'scale_intrinsics_np',
-    'se3_exp', 'soft_inlier_count', 'solve_p4p', 'transform_points', 'translation_error_m',
+    'reprojection_errors', 'resolve_pnp', 'rotation_error_deg', 'scale_intrinsics',
+    'scale_intrinsics_np', 'se3_exp', 'soft_inlier_count', 'solve_p4p', 'transform_points',
+    'translation_error_m',
 ]
