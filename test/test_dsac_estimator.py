@@ -9,6 +9,7 @@ import torch
 
 from dsac_ros.dsac import DsacEstimator, EstimatorConfig, PoseEstimate, Selection
 from dsac_ros.dsac.testing import CorrespondenceCaseConfig, make_correspondence_case
+from dsac_ros.geometry.pnp import resolve_pnp
 from dsac_ros.geometry.transforms import pose_errors, se3_exp
 
 
@@ -296,7 +297,7 @@ def test_dsac_selection_follows_softmax_of_scores():
         return fixed.expand(errors_bnhw.shape[0], 4)
 
     est_cfg = EstimatorConfig(num_hypotheses=4, selection=Selection.DSAC, score_alpha=0.7,
-                              refinement_steps=0, polish_with_all_inliers=False)
+                              refinement_steps=0)
     est = DsacEstimator(est_cfg, score_fn=score_fn).estimate(coords, case.K_b33[0].float())
     all_valid = (est.scores_bn > -math.inf).all(dim=1)
     assert int(all_valid.sum()) > 0.8 * B  # a few minimal sets have no P4P solution
@@ -326,13 +327,20 @@ def test_refinement_masks_poses_with_too_few_inliers():
     garbage = se3_exp(torch.tensor([0.5, 0.3, -0.2, 0.8, -0.5, 0.3],
                                    dtype=torch.float64)) @ T_gt
     T_in = torch.stack([perturbed, garbage])[None]
-    T_out = refine_hypotheses(T_in, frame, config, torch.rand(1, frame.valid_bm.shape[1]))
+    refinement = refine_hypotheses(T_in, frame, config, torch.Generator().manual_seed(0))
+    T_out = refinement.T_cw_bk44
     deg_in, m_in = pose_errors(perturbed, T_gt)
     deg_out, m_out = pose_errors(T_out[0, 0], T_gt)
     assert float(deg_in) > 0.8 and float(m_in) > 0.03
-    # 100 random inliers with 1 px noise: ~0.1 deg / ~5 mm is the floor of this refinement
-    assert float(deg_out) < 0.4 and float(m_out) < 0.015, (float(deg_out), float(m_out))
+    # PnP on all inliers (about 840 cells, 1 px noise): a few hundredths of a degree / mm
+    assert float(deg_out) < 0.1 and float(m_out) < 0.005, (float(deg_out), float(m_out))
     assert torch.equal(T_out[0, 1], garbage)  # < 50 inliers: left as it was
+    assert refinement.refined_bk.tolist() == [[True, False]]
+    # the fit is the PnP optimum of the last round's inliers: one more re-solve does not move it
+    w = refinement.weights_bkn[0, 0]
+    again = resolve_pnp(T_out[0, 0], frame.points_bm3[0][w], frame.pixels_m2[w],
+                        case.K_b33[0], max_iterations=20, tolerance=1e-12)
+    assert float((again - T_out[0, 0]).abs().max()) < 1e-7
 
 
 def _degenerate_maps():

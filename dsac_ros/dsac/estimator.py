@@ -1,23 +1,28 @@
 """DSAC pose estimation from a scene-coordinate map (paper Sec. 2-3), batched over images and
 hypotheses.
 
-Pipeline per image (all B images and N hypotheses at once, no Python loop over either):
-  1. sample N minimal sets of 4 distinct valid cells (seeded torch.Generator) and solve P4P
-     (`dsac_ros.geometry.pnp.solve_p4p`) -> hypotheses T_cw;
-  2. reprojection errors of every cell under every hypothesis (one batched matmul) ->
-     scores by a `ScoreFn` or the soft inlier count;
-  3. selection: RANSAC argmax, SoftAM weighted average, or DSAC sampling from softmax(alpha s);
-  4. refinement (paper Sec. 3): take the inliers (error < tau), at most 100 of them (a random
-     subset), re-solve with `refine_pnp` from the current pose, repeat `refinement_steps` times;
-     a hypothesis stops (by masking) once it has fewer than `min_refinement_inliers` inliers or
-     its inlier set no longer changes. At inference only the selected pose is refined (for
-     SoftAM the average), then polished once on all its inliers; for training
-     (`expected_pose_loss`, DSAC) every hypothesis is refined, batched.
+The pipeline is four stages, each a function of its own so that another hypothesis model
+(e.g. RGB-D) can reuse the selection and refinement skeleton:
+  1. `sample_hypotheses`: N minimal sets of 4 distinct valid cells per image (seeded
+     torch.Generator), P4P (`geometry.pnp.solve_p4p`); a set whose 4th point does not
+     reproject within tau under the P3P pose of the other three is rejected and redrawn (the
+     reference implementation's check), at most `max_draws_per_hypothesis` times;
+  2. `score_hypotheses`: reprojection errors of every cell under every hypothesis (one batched
+     matmul) -> scores by a `ScoreFn` (Score CNN) or the soft inlier count;
+  3. `selection_logits` + selection: RANSAC argmax, SoftAM weighted average (Eq. 4), or DSAC
+     sampling (Eq. 6) from P = softmax(alpha s);
+  4. `refine_hypotheses` (paper Sec. 3): inliers (error < tau) of the current pose, a fresh
+     random subset of at most 100 of them, PnP re-solved on it (`geometry.pnp.resolve_pnp`),
+     up to 8 rounds, stopping once a pose has fewer than 50 inliers. The same function refines
+     the selected pose at inference and every hypothesis in `expected_pose_loss`, so training
+     sees the poses inference produces.
 
 Speed (benchmarks/bench_estimator.py): the error maps of all hypotheses are one matmul plus a
 few in-place passes into scratch buffers kept per estimator and thread
 (`geometry.scoring.ScratchBuffers`; fresh multi-megabyte temporaries page-fault on every call);
-the rest is small batched ops, of which the P4P solver is the largest share.
+the rest is small batched ops, of which the P4P solver is the largest share. Redrawn sets are
+solved in one batch per call; the refinement rounds run without autograd and only the last
+re-solve is taped (its implicit gradient), in training as well.
 
 Poses are T_cw (world-to-camera, x_cam = R x_world + t, OpenCV camera axes); T_wc is its
 inverse (camera-to-world, what ROS publishes as map -> camera).
@@ -37,7 +42,7 @@ from dsac_ros.device import resolve_device
 from dsac_ros.dsac.config import EstimatorConfig, ScoreFn, Selection
 from dsac_ros.dsac.sampling import sample_minimal_sets, uniform
 from dsac_ros.geometry.camera import cell_centers, check_intrinsics
-from dsac_ros.geometry.pnp import pnp_information, refine_pnp, solve_p4p
+from dsac_ros.geometry.pnp import pnp_information, resolve_pnp, solve_p4p
 from dsac_ros.geometry.scoring import ScratchBuffers, reprojection_error_maps, soft_inlier_count
 from dsac_ros.geometry.transforms import (
     invert_se3,
@@ -46,7 +51,9 @@ from dsac_ros.geometry.transforms import (
     quaternion_to_matrix,
 )
 
-__all__ = ['DsacEstimator', 'PoseEstimate', 'expected_pose_loss']
+__all__ = ['DsacEstimator', 'PoseEstimate', 'Refinement', 'expected_pose_loss',
+           'refine_hypotheses', 'sample_hypotheses', 'score_hypotheses', 'selection_logits',
+           'soft_average_pose']
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +82,8 @@ class PoseEstimate:
             T_wc_true = T_wc_est @ exp(xi^) (equivalently T_cw_true = exp(-xi^) @ T_cw_est).
             To express it in the world frame, rotate both 3-blocks by R_wc. It is
             sigma^2 (J^T J)^-1 from the Gauss-Newton information of the correspondences the
-            final pose was fitted to (all inliers with `polish_with_all_inliers`, else the last
-            refinement subset), sigma^2 = sum r^2 / (2 n - 6) their residual variance (px^2).
+            final pose was fitted to (the last refinement subset; all inliers when it was not
+            refined), sigma^2 = sum r^2 / (2 n - 6) their residual variance (px^2).
             diag(1e6) where `valid_b` is False.
         hypothesis_index_b: (B,) long, the selected hypothesis (for SoftAM: the one with the
             largest weight, the reference of the average); -1 where there is none.
@@ -185,10 +192,11 @@ def _score(errors_bnm: Tensor, frame: _Frame, config: EstimatorConfig,
     return scores
 
 
-def _score_pool(T_cw_bn44: Tensor, frame: _Frame, config: EstimatorConfig,
-                score_fn: ScoreFn | None, buffers: ScratchBuffers | None = None) -> Tensor:
-    """Scores (B, N) of all hypotheses: error maps + score function, in groups of images small
-    enough (about 4M errors) that one huge (B, N, M) block per op does not spill memory."""
+def score_hypotheses(T_cw_bn44: Tensor, frame: _Frame, config: EstimatorConfig,
+                     score_fn: ScoreFn | None, buffers: ScratchBuffers | None = None) -> Tensor:
+    """Scores (B, N) of all hypotheses (higher is better): error maps + score function (soft
+    inlier count when None), in groups of images small enough (about 4M errors) that one huge
+    (B, N, M) block per op does not spill memory."""
     B, N = T_cw_bn44.shape[:2]
     group = max(1, _ERRORS_PER_GROUP // (N * frame.points_bm3.shape[1]))
     parts = []
@@ -204,31 +212,63 @@ def _score_pool(T_cw_bn44: Tensor, frame: _Frame, config: EstimatorConfig,
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
-def _generate_hypotheses(frame: _Frame, config: EstimatorConfig,
-                         generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
-    """Sample minimal sets and solve P4P: T_cw (B, N, 4, 4), valid (B, N) bool.
+def _solve_sets(frame: _Frame, image_k: Tensor, cells_k4: Tensor, config: EstimatorConfig,
+                check: bool) -> tuple[Tensor, Tensor]:
+    """P4P of minimal sets: image index (k,) and cells (k, 4) -> T_cw (k, 4, 4), valid (k,)."""
+    pts = frame.points_bm3[image_k[:, None], cells_k4]
+    pix = frame.pixels_m2[cells_k4]
+    return solve_p4p(pts, pix, frame.K_b33[image_k], config.p4p_gauss_newton_steps,
+                     config.inlier_threshold_px if check else None)
 
-    Invalid hypotheses (degenerate set, no solution, too few valid cells in the image) hold the
-    identity; `solve_p4p` keeps outputs and gradients finite for them.
+
+def sample_hypotheses(frame: _Frame, config: EstimatorConfig,
+                      generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+    """Hypothesis pool: T_cw (B, N, 4, 4) and valid (B, N) bool.
+
+    Minimal sets are drawn (`sampling.sample_minimal_sets`) and solved by P4P. With
+    `check_minimal_sets` a set whose 4th point reprojects farther than tau from its pixel
+    (after P3P on the other three) is rejected: N * `max_draws_per_hypothesis` sets are drawn
+    and solved in one batch and the first N consistent ones, in draw order, form the pool (a
+    slot without one holds no hypothesis). The search runs without autograd; when the scene
+    coordinates need gradients the accepted sets are solved again on the tape. Invalid slots
+    hold the identity (`solve_p4p` keeps outputs and gradients finite for them).
     """
     B, N = frame.batch, config.num_hypotheses
-    cells_bn4, _ = sample_minimal_sets(frame.valid_bm, N, generator)
-    pts, pix = _gather_cells(frame, cells_bn4)
-    T, ok = solve_p4p(pts.reshape(B * N, 4, 3), pix.reshape(B * N, 4, 2),
-                      frame.K_b33.repeat_interleave(N, dim=0),
-                      gauss_newton_steps=config.p4p_gauss_newton_steps)
-    T_bn44 = T.reshape(B, N, 4, 4)
-    ok_bn = ok.reshape(B, N) & frame.usable_b[:, None]
-    eye = torch.eye(4, dtype=T_bn44.dtype, device=T_bn44.device)
-    return torch.where(ok_bn[..., None, None], T_bn44, eye), ok_bn
+    device = frame.points_bm3.device
+    check = config.check_minimal_sets
+    draws = N * (config.max_draws_per_hypothesis if check else 1)
+    cells_bd4, _ = sample_minimal_sets(frame.valid_bm, draws, generator)
+    image_bd = torch.arange(B, device=device).repeat_interleave(draws)
+    with torch.no_grad():
+        T, ok = _solve_sets(frame, image_bd, cells_bd4.reshape(-1, 4), config, check)
+    T, ok = T.reshape(B, draws, 4, 4), ok.reshape(B, draws) & frame.usable_b[:, None]
+    if draws > N:
+        # the first N consistent draws of each image (draw order), then the rejected ones
+        order = torch.where(ok, 0, draws) + torch.arange(draws, device=device)
+        pick = torch.topk(order, N, dim=1, largest=False, sorted=True).indices
+        ok = torch.gather(ok, 1, pick)
+        T = torch.gather(T, 1, pick[..., None, None].expand(-1, -1, 4, 4))
+        cells_bd4 = torch.gather(cells_bd4, 1, pick[..., None].expand(-1, -1, 4))
+    if torch.is_grad_enabled() and frame.points_bm3.requires_grad:
+        image_bn = torch.arange(B, device=device).repeat_interleave(N)
+        T_taped, ok_taped = _solve_sets(frame, image_bn, cells_bd4.reshape(-1, 4), config,
+                                        False)
+        T, ok = T_taped.reshape(B, N, 4, 4), ok & ok_taped.reshape(B, N)
+    eye = torch.eye(4, dtype=T.dtype, device=T.device)
+    return torch.where(ok[..., None, None], T, eye), ok
 
 
-def _selection_logits(scores_bn: Tensor, valid_bn: Tensor, config: EstimatorConfig) -> Tensor:
-    """alpha * scores with -inf for invalid hypotheses (all-zero rows where none is valid)."""
+def selection_logits(scores_bn: Tensor, valid_bn: Tensor, alpha: float) -> Tensor:
+    """alpha * scores with -inf for invalid hypotheses (all-zero rows where none is valid);
+    softmax of it is the selection distribution P(j) (paper Eq. 5)."""
     any_b = valid_bn.any(dim=1, keepdim=True)
-    logits = torch.where(valid_bn, config.score_alpha * scores_bn,
-                         torch.full_like(scores_bn, -math.inf))
+    logits = torch.where(valid_bn, alpha * scores_bn, torch.full_like(scores_bn, -math.inf))
     return torch.where(any_b, logits, torch.zeros_like(logits))
+
+
+def _alpha(config: EstimatorConfig, score_fn: ScoreFn | None) -> float:
+    """Selection temperature: `soft_inlier_alpha` on soft inlier counts, else `score_alpha`."""
+    return config.soft_inlier_alpha if score_fn is None else config.score_alpha
 
 
 def _entropy(probs_bn: Tensor) -> Tensor:
@@ -262,19 +302,23 @@ def soft_average_pose(T_cw_bn44: Tensor, weights_bn: Tensor) -> tuple[Tensor, Te
     return T, ref_b
 
 
-def _select_refinement_set(errors_bkm: Tensor, priority_bm: Tensor,
-                           config: EstimatorConfig) -> tuple[Tensor, Tensor, Tensor]:
-    """Inliers (err < tau) and a random subset of at most `max_refinement_inliers` of them.
+def _select_refinement_set(errors_bkm: Tensor, config: EstimatorConfig,
+                           generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
+    """Inliers (err < tau) of K poses per image, all of them or a fresh uniformly random subset
+    of at most `max_refinement_inliers` (one draw of cell priorities per image).
 
-    Returns (cells_bkn long, weights_bkn bool (False = padding, not an inlier), count_bk).
-    The subset is the inliers with the smallest `priority_bm` (uniform random per cell).
+    Returns (cells_bkn long, weights_bkn bool (False = padding, not an inlier), inlier_bkm).
     """
+    B, K, M = errors_bkm.shape
     inlier_bkm = errors_bkm < config.inlier_threshold_px
-    count_bk = inlier_bkm.sum(dim=-1)
-    k = min(config.max_refinement_inliers, errors_bkm.shape[-1])
+    cap = config.max_refinement_inliers
+    if cap is None or cap >= M:
+        cells = torch.arange(M, device=errors_bkm.device).expand(B, K, M)
+        return cells, inlier_bkm, inlier_bkm
+    priority_bm = uniform((B, M), generator, errors_bkm.device, errors_bkm.dtype)
     key = torch.where(inlier_bkm, priority_bm[:, None], torch.full_like(errors_bkm, 2.0))
-    cells = torch.topk(key, k, dim=-1, largest=False, sorted=False).indices
-    return cells, torch.gather(inlier_bkm, -1, cells), count_bk
+    cells = torch.topk(key, cap, dim=-1, largest=False, sorted=False).indices
+    return cells, torch.gather(inlier_bkm, -1, cells), inlier_bkm
 
 
 def _gather_cells(frame: _Frame, cells_bkn: Tensor) -> tuple[Tensor, Tensor]:
@@ -284,45 +328,81 @@ def _gather_cells(frame: _Frame, cells_bkn: Tensor) -> tuple[Tensor, Tensor]:
     return pts.reshape(B, K, n, 3), frame.pixels_m2[cells_bkn]
 
 
-def refine_hypotheses(T_cw_bk44: Tensor, frame: _Frame, config: EstimatorConfig,
-                      priority_bm: Tensor) -> Tensor:
-    """Iterative inlier refinement (paper Sec. 3) of K poses per image: (B, K, 4, 4) -> same.
+@dataclass
+class Refinement:
+    """Result of `refine_hypotheses` for K poses per image.
 
-    Each of `refinement_steps` rounds: errors at the current pose, inliers (err < tau), a random
-    subset of at most `max_refinement_inliers`, `refine_pnp` (Gauss-Newton) from the current
-    pose on that subset. A pose whose inlier count falls below `min_refinement_inliers` (or,
-    with `stop_when_inliers_unchanged`, whose inlier set equals the previous round's) keeps
-    its current value from then on (masking; only still-active poses are passed to the solver,
-    so a degenerate solve never touches the result or its gradient). Differentiable w.r.t. the
-    scene coordinates and the input poses; the inlier choice itself is discrete.
+    T_cw_bk44: (B, K, 4, 4) refined poses (the input where no round ran).
+    cells_bkn / weights_bkn: (B, K, n) the subset of the last round (cells, False = padding),
+        the correspondences the pose was fitted to; refined_bk: (B, K) bool, a round ran.
+    """
+
+    T_cw_bk44: Tensor
+    cells_bkn: Tensor
+    weights_bkn: Tensor
+    refined_bk: Tensor
+
+
+def refine_hypotheses(T_cw_bk44: Tensor, frame: _Frame, config: EstimatorConfig,
+                      generator: torch.Generator | None) -> Refinement:
+    """The paper's refinement (Sec. 3, 4.2) of K poses per image: (B, K, 4, 4).
+
+    Each of `refinement_steps` rounds: errors at the current pose, inliers (err < tau), all of
+    them or a random subset (`max_refinement_inliers`), and PnP re-solved on them from the
+    current pose (`resolve_pnp`). A pose stops refining once it has fewer than
+    `min_refinement_inliers` inliers, or (without a subset cap) once its inliers are those of
+    the previous round, whose re-solve it already is (masking; only active poses go to the
+    solver). The rounds run without autograd; with autograd the result is the last re-solve
+    taped at its solution (its implicit gradient w.r.t. those inliers' scene coordinates, the
+    derivative the paper takes by central differences), and unrefined poses keep the input's
+    gradient. The inlier choice itself is discrete.
     """
     B, K = T_cw_bk44.shape[:2]
-    active_bk = torch.ones(B, K, dtype=torch.bool, device=T_cw_bk44.device)
-    previous_bkm: Tensor | None = None
-    T = T_cw_bk44
-    for _ in range(config.refinement_steps):  # over refinement rounds, not hypotheses
-        with torch.no_grad():
-            err = _error_maps(T.detach(), frame, config.max_reprojection_error_px)
-            cells, weights, count = _select_refinement_set(err, priority_bm, config)
-            active_bk = active_bk & (count >= config.min_refinement_inliers)
-            if config.stop_when_inliers_unchanged:
-                inlier_bkm = err < config.inlier_threshold_px
-                if previous_bkm is not None:
-                    active_bk = active_bk & (inlier_bkm != previous_bkm).any(dim=-1)
-                previous_bkm = inlier_bkm
-            idx = torch.nonzero(active_bk.reshape(-1)).squeeze(1)
-        if idx.numel() == 0:
-            break
-        pts, pix = _gather_cells(frame, cells)
-        n = cells.shape[-1]
-        T_flat = T.reshape(B * K, 4, 4)
-        K_sel = frame.K_b33.repeat_interleave(K, dim=0)[idx]
-        T_new = refine_pnp(T_flat[idx], pts.reshape(B * K, n, 3)[idx],
-                           pix.reshape(B * K, n, 2)[idx], K_sel,
-                           weights_bn=weights.reshape(B * K, n)[idx].to(T.dtype),
-                           iterations=config.refinement_pnp_iterations)
-        T = T_flat.index_copy(0, idx, T_new).reshape(B, K, 4, 4)
-    return T
+    device, dtype = T_cw_bk44.device, T_cw_bk44.dtype
+    M = frame.points_bm3.shape[1]
+    cap = config.max_refinement_inliers
+    subsets = cap is not None and cap < M
+    n = cap if subsets else M
+    K_rep = frame.K_b33.repeat_interleave(K, dim=0)
+    cells = torch.arange(n, device=device).repeat(B * K, 1)
+    weights = torch.zeros(B * K, n, dtype=torch.bool, device=device)
+    refined = torch.zeros(B * K, dtype=torch.bool, device=device)
+    T = T_cw_bk44.detach().reshape(B * K, 4, 4)
+    with torch.no_grad():
+        active = torch.ones(B * K, dtype=torch.bool, device=device)
+        previous: Tensor | None = None
+        for _ in range(config.refinement_steps):  # over rounds, not hypotheses
+            err = _error_maps(T.reshape(B, K, 4, 4), frame, config.max_reprojection_error_px)
+            c, w, inlier_bkm = _select_refinement_set(err, config, generator)
+            inlier = inlier_bkm.reshape(B * K, M)
+            active = active & (inlier.sum(dim=1) >= config.min_refinement_inliers)
+            if previous is not None and not subsets:
+                active = active & (inlier != previous).any(dim=1)
+            previous = inlier
+            idx = torch.nonzero(active).squeeze(1)
+            if idx.numel() == 0:
+                break
+            c, w = c.reshape(B * K, n)[idx], w.reshape(B * K, n)[idx]
+            pts = frame.points_bm3[(idx // K)[:, None], c]
+            T_new = resolve_pnp(T[idx], pts, frame.pixels_m2[c], K_rep[idx],
+                                weights_bn=w.to(dtype),
+                                max_iterations=config.refinement_pnp_iterations)
+            T = T.index_copy(0, idx, T_new)
+            cells[idx], weights[idx] = c, w
+            refined[idx] = True
+    T_in = T_cw_bk44.reshape(B * K, 4, 4)
+    taped = torch.is_grad_enabled() and (T_cw_bk44.requires_grad
+                                         or frame.points_bm3.requires_grad)
+    idx = torch.nonzero(refined).squeeze(1)
+    if taped and idx.numel():
+        pts = frame.points_bm3[(idx // K)[:, None], cells[idx]]
+        T_tape = resolve_pnp(T[idx], pts, frame.pixels_m2[cells[idx]], K_rep[idx],
+                             weights_bn=weights[idx].to(dtype), max_iterations=0)
+        T_out = T_in.index_copy(0, idx, T_tape)
+    else:
+        T_out = torch.where(refined[:, None, None], T, T_in)
+    return Refinement(T_out.reshape(B, K, 4, 4), cells.reshape(B, K, n),
+                      weights.reshape(B, K, n), refined.reshape(B, K))
 
 
 class DsacEstimator:
@@ -385,12 +465,11 @@ class DsacEstimator:
         device, dtype = frame.points_bm3.device, frame.points_bm3.dtype
         ar = torch.arange(B, device=device)
 
-        T_bn44, ok_bn = _generate_hypotheses(frame, config, generator)
-        scores = _score_pool(T_bn44, frame, config, self.score_fn, self._buffers())
-        logits = _selection_logits(scores, ok_bn, config)
+        T_bn44, ok_bn = sample_hypotheses(frame, config, generator)
+        scores = score_hypotheses(T_bn44, frame, config, self.score_fn, self._buffers())
+        logits = selection_logits(scores, ok_bn, _alpha(config, self.score_fn))
         probs = torch.softmax(logits, dim=1)
         has_hyp_b = ok_bn.any(dim=1)
-        priority_bm = uniform((B, frame.valid_bm.shape[1]), generator, device, dtype)
 
         if config.selection == Selection.SOFTAM:
             T_sel, index_b = soft_average_pose(T_bn44, probs)
@@ -402,15 +481,16 @@ class DsacEstimator:
             else:
                 index_b = torch.argmax(logits, dim=1)
             T_sel = T_bn44[ar, index_b]
-        T_ref = refine_hypotheses(T_sel[:, None], frame, config, priority_bm)[:, 0]
+        refinement = refine_hypotheses(T_sel[:, None], frame, config, generator)
+        T_ref = refinement.T_cw_bk44[:, 0]
         err_final = _error_maps(T_ref[:, None], frame, config.max_reprojection_error_px)[:, 0]
-        if config.polish_with_all_inliers:
-            T_ref, err_final = _polish(T_ref, err_final, frame, config)
-            weights_bm = err_final < config.inlier_threshold_px
-        else:
-            cells, weights, _ = _select_refinement_set(err_final[:, None], priority_bm, config)
-            weights_bm = torch.zeros_like(frame.valid_bm).scatter(1, cells[:, 0], weights[:, 0])
-        inlier_count = (err_final < config.inlier_threshold_px).sum(dim=1)
+        inlier_bm = err_final < config.inlier_threshold_px
+        # The correspondences the pose was fitted to: the last refinement subset, else all
+        # inliers.
+        subset_bm = torch.zeros_like(frame.valid_bm).scatter(
+            1, refinement.cells_bkn[:, 0], refinement.weights_bkn[:, 0])
+        weights_bm = torch.where(refinement.refined_bk[:, :1], subset_bm, inlier_bm)
+        inlier_count = inlier_bm.sum(dim=1)
         n_valid = frame.valid_bm.sum(dim=1)
         ratio = inlier_count.to(dtype) / n_valid.clamp(min=1).to(dtype)
         finite_b = torch.isfinite(T_ref).flatten(1).all(dim=1)
@@ -437,21 +517,6 @@ class DsacEstimator:
             hypothesis_index_b=torch.where(has_hyp_b, index_b, torch.full_like(index_b, -1)),
             scores_bn=torch.where(ok_bn, scores, torch.full_like(scores, -math.inf)),
         )
-
-
-def _polish(T_cw_b44: Tensor, errors_bm: Tensor, frame: _Frame,
-            config: EstimatorConfig) -> tuple[Tensor, Tensor]:
-    """One `refine_pnp` on all inliers (err < tau) of the refined pose; kept only where there
-    are at least `min_refinement_inliers` of them. Returns (T_cw (B, 4, 4), errors (B, M))."""
-    B, M = errors_bm.shape
-    inlier_bm = errors_bm < config.inlier_threshold_px
-    enough = inlier_bm.sum(dim=1) >= max(config.min_refinement_inliers, 6)
-    T_new = refine_pnp(T_cw_b44, frame.points_bm3, frame.pixels_m2.expand(B, M, 2),
-                       frame.K_b33, weights_bn=inlier_bm.to(T_cw_b44.dtype),
-                       iterations=config.refinement_pnp_iterations)
-    T_out = torch.where(enough[:, None, None], T_new, T_cw_b44)
-    err = _error_maps(T_out[:, None], frame, config.max_reprojection_error_px)
-    return T_out, err[:, 0]
 
 
 def _information(T_cw_b44: Tensor, frame: _Frame, errors_bm: Tensor,
@@ -483,14 +548,16 @@ def expected_pose_loss(scene_coords_b3hw: Tensor, K_b33: Tensor, T_cw_gt_b44: Te
     """Differentiable training loss of the estimator (paper Eq. 7 for DSAC, Eq. 4 for SoftAM).
 
     DSAC: sum_j P(j) * pose_loss(refine(h_j), h*) with P = softmax(alpha * scores) over the valid
-    hypotheses, every hypothesis refined (batched). Its gradient is the analytic form of Eq. 8
-    (loss * d log P + d loss, in expectation over the whole pool).
+    hypotheses, every hypothesis refined (batched) by the same `refine_hypotheses` as at
+    inference. Its gradient is the analytic form of Eq. 8 (loss * d log P + d loss, in
+    expectation over the whole pool).
     SOFTAM: pose_loss(refine(h_SoftAM), h*), the weighted average of `soft_average_pose`.
     pose_loss is max(rotation error in degrees, camera-centre error in cm) (paper Eq. 9).
     The mean is over images that have at least one valid hypothesis (0 when none has).
 
     Gradients reach the scene coordinates through hypothesis generation (P4P), scoring and
-    refinement, and reach the parameters of `score_fn` through the selection probabilities.
+    refinement (the implicit gradient of the last re-solve), and reach the parameters of
+    `score_fn` through the selection probabilities.
 
     Args:
         scene_coords_b3hw: (B, 3, H, W) predicted world coordinates (metres), NaN = invalid.
@@ -515,24 +582,23 @@ def expected_pose_loss(scene_coords_b3hw: Tensor, K_b33: Tensor, T_cw_gt_b44: Te
     T_gt = T_cw_gt_b44.to(frame.points_bm3)
     if not bool(torch.isfinite(T_gt).all()):
         raise ValueError('T_cw_gt_b44 contains NaN or inf')
-    device, dtype = frame.points_bm3.device, frame.points_bm3.dtype
+    dtype = frame.points_bm3.dtype
 
-    T_bn44, ok_bn = _generate_hypotheses(frame, config, generator)
+    T_bn44, ok_bn = sample_hypotheses(frame, config, generator)
     N = T_bn44.shape[1]
-    scores = _score_pool(T_bn44, frame, config, score_fn)
-    probs = torch.softmax(_selection_logits(scores, ok_bn, config), dim=1)
-    priority_bm = uniform((B, frame.valid_bm.shape[1]), generator, device, dtype)
+    scores = score_hypotheses(T_bn44, frame, config, score_fn)
+    probs = torch.softmax(selection_logits(scores, ok_bn, _alpha(config, score_fn)), dim=1)
     has_hyp_b = ok_bn.any(dim=1)
 
     if config.selection == Selection.DSAC:
-        T_ref = refine_hypotheses(T_bn44, frame, config, priority_bm)
+        T_ref = refine_hypotheses(T_bn44, frame, config, generator).T_cw_bk44
         loss_bn = pose_loss(T_ref.reshape(B * N, 4, 4),
                             T_gt.repeat_interleave(N, dim=0)).reshape(B, N)
         loss_bn = torch.where(ok_bn, loss_bn, torch.zeros_like(loss_bn))
         loss_b = (probs * loss_bn).sum(dim=1)
     else:
         T_avg, _ = soft_average_pose(T_bn44, probs)
-        T_ref = refine_hypotheses(T_avg[:, None], frame, config, priority_bm)[:, 0]
+        T_ref = refine_hypotheses(T_avg[:, None], frame, config, generator).T_cw_bk44[:, 0]
         loss_b = pose_loss(T_ref, T_gt)
     if not bool(has_hyp_b.any()):
         logger.warning('expected_pose_loss: no valid hypothesis in any image; loss is 0')
