@@ -21,7 +21,7 @@ than float32). The estimator runs in float64 on the CPU (same speed as float32 t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 import enum
 import logging
 import os
@@ -35,7 +35,15 @@ import torch
 from torch import Tensor
 
 from dsac_ros.device import bf16_supported, check_device_name, resolve_device
-from dsac_ros.dsac import DsacEstimator, EstimatorConfig, PoseEstimate, Selection
+from dsac_ros.dsac import (
+    DsacEstimator,
+    EstimatorConfig,
+    ModelSettings,
+    PoseEstimate,
+    Scoring,
+    Selection,
+    read_model_settings,
+)
 from dsac_ros.geometry.camera import as_intrinsics_np, scale_intrinsics_np
 from dsac_ros.models.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 
@@ -56,8 +64,8 @@ class NetworkPrecision(str, enum.Enum):
 
     FLOAT32: plain float32. BFLOAT16: bf16 autocast (the regression head stays float32, see
     `SceneCoordinateNet.forward`). AUTO: bf16 on CUDA with bf16 support; on the CPU only when
-    the checkpoint's metadata ('precision', 'amp_dtype' or 'autocast') names bf16 / bfloat16
-    AND the CPU runs bf16 natively (AVX512-BF16 / AMX); float32 otherwise.
+    the model was trained under bf16 autocast (`ModelSettings.amp_dtype`) AND the CPU runs bf16
+    natively (AVX512-BF16 / AMX); float32 otherwise.
     """
 
     AUTO = 'auto'
@@ -72,10 +80,10 @@ class RelocalizerConfig:
     Attributes:
         device: 'auto' (CUDA when available, else CPU), 'cpu', or 'cuda' / 'cuda:N' (falls back
             to the CPU with a logged warning when CUDA is absent).
-        estimator: DSAC estimator settings (selection mode, hypotheses, thresholds).
-        use_score_net: score hypotheses with the checkpoint's ScoreNet when it holds one. Default
-            False: the soft inlier count (paper Eq. 8 with a sigmoid), which needs no training
-            and is what a componentwise-trained model without a score CNN is used with.
+        estimator: DSAC estimator settings (selection mode, hypotheses, thresholds), used as
+            given; None: the defaults with the checkpoint's `ModelSettings` (inlier threshold,
+            soft-inlier beta, selection temperatures), see `Relocalizer.model_estimator_config`.
+        scoring: AUTO (the checkpoint's recorded choice), SCORE_NET or SOFT_INLIERS.
         precision: network arithmetic, see `NetworkPrecision`.
 
     The sampling seed is ``estimator.seed``: every call draws from a generator seeded with it,
@@ -83,8 +91,8 @@ class RelocalizerConfig:
     """
 
     device: str = 'auto'
-    estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
-    use_score_net: bool = False
+    estimator: EstimatorConfig | None = None
+    scoring: Scoring = Scoring.AUTO
     precision: NetworkPrecision = NetworkPrecision.AUTO
 
     def __post_init__(self) -> None:
@@ -95,9 +103,14 @@ class RelocalizerConfig:
                 names = [p.value for p in NetworkPrecision]
                 raise ValueError(
                     f'precision must be one of {names}, got {self.precision!r}') from exc
-        if not isinstance(self.estimator, EstimatorConfig):
-            raise ValueError('estimator must be an EstimatorConfig, got '
+        if self.estimator is not None and not isinstance(self.estimator, EstimatorConfig):
+            raise ValueError('estimator must be an EstimatorConfig or None, got '
                              f'{type(self.estimator).__name__}')
+        try:
+            object.__setattr__(self, 'scoring', Scoring(self.scoring))
+        except ValueError as exc:
+            names = [x.value for x in Scoring]
+            raise ValueError(f'scoring must be one of {names}, got {self.scoring!r}') from exc
         check_device_name(self.device)
 
 
@@ -183,11 +196,14 @@ class Relocalizer:
         self.image_size = tuple(int(x) for x in checkpoint.image_size)  # (height, width)
         self.K_train = as_intrinsics_np(checkpoint.K.detach().cpu().numpy(), 'checkpoint K')
         self.metadata = dict(checkpoint.metadata or {})
+        self.model_settings: ModelSettings = read_model_settings(self.metadata, self.image_size)
         self.autocast_bf16 = self._use_bf16()
         # Float64 PnP on the CPU (cheap there, exact); float32 on GPUs (float64 is slow there).
         self.estimator_dtype = torch.float64 if self.device.type == 'cpu' else torch.float32
         self._lock = threading.Lock()
-        self._estimator = self._make_estimator(self.config.estimator)
+        self._estimator = self._make_estimator(
+            self.config.estimator if self.config.estimator is not None
+            else self.model_estimator_config)
         self._by_selection: dict[Selection, tuple[DsacEstimator, DsacEstimator]] = {}
         self._warned_aspect = False
 
@@ -208,16 +224,26 @@ class Relocalizer:
             return True
         if self.device.type == 'cuda':
             return bf16_supported(self.device)
-        trained = ' '.join(str(self.metadata.get(k, '')).lower()
-                           for k in ('precision', 'amp_dtype', 'autocast'))
-        return ('bf16' in trained or 'bfloat16' in trained) and bf16_supported(self.device)
+        return self.model_settings.amp_dtype == 'bfloat16' and bf16_supported(self.device)
+
+    @property
+    def model_estimator_config(self) -> EstimatorConfig:
+        """The defaults with the checkpoint's `ModelSettings` applied: what the model was trained
+        for (the node's and the evaluator's base, their parameters override it)."""
+        return self.model_settings.apply(EstimatorConfig())
+
+    @property
+    def uses_score_net(self) -> bool:
+        """Whether hypotheses are scored by the checkpoint's Score CNN."""
+        return self._estimator.score_fn is not None
 
     def _make_estimator(self, config: EstimatorConfig) -> DsacEstimator:
         score_fn = None
-        if self.config.use_score_net:
+        if self.model_settings.use_score_net(self.config.scoring):
             if self.score_net is None:
-                LOGGER.warning('use_score_net is set but the checkpoint has no score net: '
-                               'scoring with soft inlier counts')
+                if self.config.scoring is Scoring.SCORE_NET:
+                    LOGGER.warning('scoring score_net was asked for but the checkpoint has no '
+                                   'score net: scoring with soft inlier counts')
             else:
                 score_fn = self.score_net.score_fn
         return DsacEstimator(config, score_fn, self.device)

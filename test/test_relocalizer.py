@@ -258,9 +258,10 @@ def test_bf16_network_close_to_float32(tmp_path, frames):
 def test_score_net_is_used_only_when_asked(tmp_path, frames):
     path = tiny_checkpoint(tmp_path / 'scored.pt', ScoreNet())
     default = Relocalizer.from_checkpoint(path, RelocalizerConfig(device='cpu', estimator=FAST))
+    # a checkpoint without model settings records soft inliers
     assert default.score_net is not None and default._estimator.score_fn is None
     scored = Relocalizer.from_checkpoint(path, RelocalizerConfig(
-        device='cpu', estimator=FAST, use_score_net=True))
+        device='cpu', estimator=FAST, scoring='score_net'))
     calls = []
     net_score_fn = scored._estimator.score_fn
     assert net_score_fn is not None

@@ -406,6 +406,8 @@ class _KnownPoseRelocalizer:
         self.covariance = A @ A.T
         self.inliers = inliers
         self.estimator_config = EstimatorConfig()
+        # what a checkpoint trained at 320x240 records (the node's threshold 0 takes it)
+        self.model_estimator_config = EstimatorConfig(inlier_threshold_px=5.0)
 
     def set_estimator_config(self, config) -> None:
         self.estimator_config = config
@@ -551,8 +553,8 @@ def test_player_node_recorder_accuracy(played, model_path, scene_dir):
     torch.set_num_threads(1)
     settings = NodeSettings(**{k: v for k, v in NODE_TEST_PARAMS.items()
                                if k != 'input_reliability'})
-    reference = Relocalizer.from_checkpoint(model_path, RelocalizerConfig(
-        device='cpu', estimator=settings.estimator_config()))
+    reference = Relocalizer.from_checkpoint(model_path, RelocalizerConfig(device='cpu'))
+    reference.set_estimator_config(settings.estimator_config(reference.model_estimator_config))
     frames_by_name = {f.name: f for f in load_frames(scene_dir, 'test')}
     name_by_stamp = {f['stamp_ns']: f['name'] for f in gt['frames']}
     rot, trans = [], []

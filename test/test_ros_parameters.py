@@ -40,6 +40,11 @@ def test_estimator_config_is_one_conversion():
     assert config == EstimatorConfig(selection=Selection.DSAC, num_hypotheses=64,
                                      inlier_threshold_px=12.0, refinement_steps=3,
                                      min_inliers_for_pose=70, seed=9, soft_inlier_beta=0.25)
+    # Threshold 0: the base's (the checkpoint's settings).
+    assert NodeSettings(inlier_threshold_px=0.0).estimator_config(
+        EstimatorConfig(inlier_threshold_px=5.0)).inlier_threshold_px == 5.0
+    with pytest.raises(ValueError, match='inlier_threshold_px'):
+        NodeSettings(inlier_threshold_px=0.2)
     # The node's ranges lie inside the estimator's: the extremes convert.
     for name, spec in PARAMETER_SPECS.items():
         if spec.min_value is not None and name in ('num_hypotheses', 'inlier_threshold_px',

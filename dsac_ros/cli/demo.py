@@ -15,6 +15,7 @@ import sys
 
 from dsac_ros.demo.run import DemoConfig, format_report, run_demo
 from dsac_ros.device import Device
+from dsac_ros.dsac import Scoring
 
 
 def parse_args(argv: list[str] | None = None) -> DemoConfig:
@@ -26,11 +27,16 @@ def parse_args(argv: list[str] | None = None) -> DemoConfig:
     p.add_argument('--device', default=Device.AUTO.value, choices=[d.value for d in Device])
     p.add_argument('--num-threads', type=int, default=0, help='torch threads of the node')
     p.add_argument('--keep-scene', action='store_true', help='keep the rendered images')
+    p.add_argument('--inlier-threshold', type=float, default=0.0,
+                   help="the node's inlier threshold in px (0: the checkpoint's)")
+    p.add_argument('--scoring', default='auto', choices=[x.value for x in Scoring],
+                   help='hypothesis scores (auto: what the checkpoint records)')
     a = p.parse_args(argv)
     if a.rate <= 0 or a.frames < 0:
         p.error('--rate must be > 0 and --frames >= 0')
     return DemoConfig(out_dir=a.out, model_path=a.model, frames=a.frames, rate_hz=a.rate,
-                      device=a.device, num_threads=a.num_threads, keep_scene=a.keep_scene)
+                      device=a.device, num_threads=a.num_threads, keep_scene=a.keep_scene,
+                      inlier_threshold_px=a.inlier_threshold, scoring=a.scoring)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,12 @@
 
     dsac_evaluate --checkpoint model.pt --scene data/chess [--split test]
                   [--selection ransac|softam|dsac|all] [--hypotheses 256] [--device auto]
-                  [--out DIR] [--max-frames N] [--score-net] [--seed 0] [--threads N]
+                  [--out DIR] [--max-frames N] [--scoring auto|score_net|soft_inliers]
+                  [--inlier-threshold PX] [--seed 0] [--threads N]
+
+The inlier threshold, soft-inlier beta, selection temperatures and the scoring default to the
+values stored in each checkpoint (what it was trained with; older files: 10 px at 640 px
+width, soft inliers); --inlier-threshold and --scoring override them.
 
 Several scenes: ``--scene a b c`` with one checkpoint per scene (``--checkpoint a.pt b.pt
 c.pt``) or one checkpoint for all. Prints tables shaped like the paper's Tables 1 and 2 (rows
@@ -18,7 +23,7 @@ import logging
 from pathlib import Path
 import sys
 
-from dsac_ros.dsac import EstimatorConfig, Selection
+from dsac_ros.dsac import Scoring, Selection
 from dsac_ros.evaluation.report import format_table, write_report
 from dsac_ros.evaluation.run import EvaluationConfig, evaluate
 from dsac_ros.relocalizer import NetworkPrecision
@@ -50,14 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help='hypothesis selection mode(s) to evaluate')
     parser.add_argument('--hypotheses', type=int, default=256,
                         help='pose hypotheses per frame')
-    parser.add_argument('--inlier-threshold', type=float, default=10.0,
-                        help='inlier threshold tau in pixels')
+    parser.add_argument('--inlier-threshold', type=float, default=None,
+                        help="inlier threshold tau in pixels (default: the checkpoint's)")
     parser.add_argument('--device', default='auto', help="'auto', 'cpu' or 'cuda'")
     parser.add_argument('--precision', default='auto', choices=[p.value for p in NetworkPrecision],
                         help='network arithmetic')
-    parser.add_argument('--score-net', action='store_true',
-                        help="score hypotheses with the checkpoint's score CNN "
-                             '(default: soft inlier count)')
+    parser.add_argument('--scoring', default=Scoring.AUTO.value,
+                        choices=[x.value for x in Scoring],
+                        help="hypothesis scores: the checkpoint's Score CNN, soft inlier counts, "
+                             'or auto (what the checkpoint records)')
     parser.add_argument('--max-frames', type=int, default=None,
                         help='at most this many frames per scene, evenly spaced')
     parser.add_argument('--seed', type=int, default=0)
@@ -79,12 +85,13 @@ def parse_args(argv: list[str] | None = None) -> EvaluateCommand:
         else args.checkpoint
     selections = tuple(Selection) if args.selection == 'all' else (Selection(args.selection),)
     try:
-        estimator = EstimatorConfig(num_hypotheses=args.hypotheses,
-                                    inlier_threshold_px=args.inlier_threshold, seed=args.seed)
-        config = EvaluationConfig(split=args.split, selections=selections, estimator=estimator,
-                                  device=args.device, max_frames=args.max_frames,
-                                  use_score_net=args.score_net, precision=args.precision,
-                                  progress=not args.no_progress)
+        overrides = {'num_hypotheses': args.hypotheses, 'seed': args.seed}
+        if args.inlier_threshold is not None:
+            overrides['inlier_threshold_px'] = args.inlier_threshold
+        config = EvaluationConfig(split=args.split, selections=selections,
+                                  estimator_overrides=overrides, device=args.device,
+                                  max_frames=args.max_frames, scoring=args.scoring,
+                                  precision=args.precision, progress=not args.no_progress)
     except ValueError as exc:
         parser.error(str(exc))
     if args.threads is not None and args.threads < 1:

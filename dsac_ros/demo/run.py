@@ -52,6 +52,8 @@ class DemoConfig:
         num_threads: torch CPU threads of the node (0: torch's default).
         startup_timeout_s: how long to wait for the node to subscribe (model loading).
         keep_scene: keep the rendered sequence in ``out_dir/scene``.
+        inlier_threshold_px: the node's inlier threshold; 0: the checkpoint's.
+        scoring: 'auto' (the checkpoint's choice), 'score_net' or 'soft_inliers'.
     """
 
     out_dir: Path = Path('demo_out')
@@ -62,6 +64,8 @@ class DemoConfig:
     num_threads: int = 0
     startup_timeout_s: float = 60.0
     keep_scene: bool = False
+    inlier_threshold_px: float = 0.0
+    scoring: str = 'auto'
 
 
 def package_config_file() -> Path:
@@ -143,7 +147,9 @@ def run_demo(config: DemoConfig) -> DemoResult:
                 'dsac_ros.demo.pose_recorder', str(poses_path), '--ready-file', str(ready)))
             node = procs.start('node', node_command(package_config_file(), {
                 'model_path': str(model.resolve()), 'device': config.device,
-                'num_threads': config.num_threads, 'input_reliability': 'reliable'}))
+                'num_threads': config.num_threads, 'input_reliability': 'reliable',
+                'inlier_threshold_px': float(config.inlier_threshold_px),
+                'scoring': config.scoring}))
             if not wait_for(ready.exists, 30.0, children=[recorder]):
                 raise RuntimeError(f'pose recorder did not start:\n{recorder.log()}')
             _LOG.info('playing %s at %.1f Hz', scene_dir, config.rate_hz)

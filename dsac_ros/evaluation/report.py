@@ -89,6 +89,8 @@ def scene_to_dict(result: SceneResult) -> dict[str, Any]:
         'checkpoint': result.checkpoint,
         'split': result.split,
         'device': result.device,
+        'scoring': result.scoring,
+        'inlier_threshold_px': result.inlier_threshold_px,
         'frames': len(result.frame_names),
         'timings_ms_mean': {
             'preprocess': float(np.mean(result.preprocess_ms_n)) if result.frame_names else None,

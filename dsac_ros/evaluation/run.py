@@ -7,16 +7,17 @@ every call), so the modes differ only in how they select (the paper's Table 1 co
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from dsac_ros.data.seven_scenes import SceneDataset
 from dsac_ros.data.view_coverage import CoverageConfig, SceneCoverage, scene_coverage
-from dsac_ros.dsac import EstimatorConfig, Selection
+from dsac_ros.dsac import EstimatorConfig, Scoring, Selection
 from dsac_ros.evaluation.metrics import ErrorSummary, frame_errors, summarize
 from dsac_ros.relocalizer import NetworkPrecision, Relocalizer, RelocalizerConfig
 
@@ -31,10 +32,13 @@ class EvaluationConfig:
         split: 'test' or 'train' (7-Scenes split files).
         selections: selection modes to run on every frame (network output shared).
         estimator: estimator settings (its `selection` is replaced by each of `selections`;
-            its `seed` gives every frame and mode the same hypotheses).
+            its `seed` gives every frame and mode the same hypotheses); None: the checkpoint's
+            (`Relocalizer.model_estimator_config`: its inlier threshold, beta, temperatures).
+        estimator_overrides: EstimatorConfig fields set on top of that (e.g. from the CLI:
+            {'inlier_threshold_px': 5.0, 'num_hypotheses': 256}).
         device: 'auto' | 'cpu' | 'cuda' (see `RelocalizerConfig`).
         max_frames: evaluate at most this many frames, evenly spaced over the split (None = all).
-        use_score_net: score hypotheses with the checkpoint's ScoreNet (else soft inliers).
+        scoring: AUTO (the checkpoint's recorded choice), SCORE_NET or SOFT_INLIERS.
         precision: network precision (see `NetworkPrecision`).
         progress: show a tqdm progress bar on stderr.
         coverage: scales of the distance of test views to the training views (test split).
@@ -42,10 +46,11 @@ class EvaluationConfig:
 
     split: str = 'test'
     selections: tuple[Selection, ...] = tuple(Selection)
-    estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
+    estimator: EstimatorConfig | None = None
+    estimator_overrides: dict[str, Any] = field(default_factory=dict)
     device: str = 'auto'
     max_frames: int | None = None
-    use_score_net: bool = False
+    scoring: Scoring = Scoring.AUTO
     precision: NetworkPrecision = NetworkPrecision.AUTO
     progress: bool = False
     coverage: CoverageConfig = field(default_factory=CoverageConfig)
@@ -59,6 +64,8 @@ class EvaluationConfig:
             raise ValueError(f'max_frames must be >= 1 or None, got {self.max_frames}')
         if self.split not in ('train', 'test'):
             raise ValueError(f"split must be 'train' or 'test', got {self.split!r}")
+        object.__setattr__(self, 'scoring', Scoring(self.scoring))
+        replace(self.estimator or EstimatorConfig(), **self.estimator_overrides)  # validates
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,8 @@ class SceneResult:
     (N,) per-frame milliseconds (shared by all modes). selections: mode value -> result.
     coverage: how far each evaluated frame is from the training views, and whether test
     frames are training frames (test split with a readable training split; else None).
+    scoring: 'score_net' or 'soft_inliers', what scored the hypotheses; inlier_threshold_px:
+    the estimator's tau.
     """
 
     scene: str
@@ -101,6 +110,8 @@ class SceneResult:
     selections: dict[str, SelectionResult]
     device: str
     coverage: SceneCoverage | None = None
+    scoring: str = ''
+    inlier_threshold_px: float = float('nan')
 
 
 def frame_indices(num_frames: int, max_frames: int | None) -> np.ndarray:
@@ -136,7 +147,9 @@ def evaluate(checkpoint: str | os.PathLike | Relocalizer, scene_root: str | os.P
     Args:
         checkpoint: checkpoint file, or an already built Relocalizer (then its own device,
             precision, score function, seed and estimator settings apply; only the selection
-            modes, split and max_frames come from `config`).
+            modes, split and max_frames come from `config`). A file is evaluated with the
+            estimator settings stored in it (`dsac_ros.dsac.settings`) unless `config` gives
+            its own or overrides.
         scene_root: scene folder in the 7-Scenes layout (``dsac_ros.data.seven_scenes``).
         config: EvaluationConfig.
 
@@ -153,14 +166,19 @@ def evaluate(checkpoint: str | os.PathLike | Relocalizer, scene_root: str | os.P
         relocalizer, checkpoint_name = checkpoint, '<in-memory relocalizer>'
     else:
         relocalizer = Relocalizer.from_checkpoint(checkpoint, RelocalizerConfig(
-            device=config.device, estimator=config.estimator,
-            use_score_net=config.use_score_net, precision=config.precision))
+            device=config.device, estimator=config.estimator, scoring=config.scoring,
+            precision=config.precision))
+        if config.estimator_overrides:
+            relocalizer.set_estimator_config(replace(relocalizer.estimator_config,
+                                                     **config.estimator_overrides))
         checkpoint_name = str(checkpoint)
     indices = frame_indices(len(dataset), config.max_frames)
     n = len(indices)
-    LOGGER.info('evaluating %s (%d of %d %s frames) on %s, modes %s', scene_root, n,
-                len(dataset), config.split, relocalizer.device,
-                [s.value for s in config.selections])
+    LOGGER.info('evaluating %s (%d of %d %s frames) on %s, modes %s, tau %g px, %s', scene_root,
+                n, len(dataset), config.split, relocalizer.device,
+                [s.value for s in config.selections],
+                relocalizer.estimator_config.inlier_threshold_px,
+                'Score CNN' if getattr(relocalizer, 'uses_score_net', False) else 'soft inliers')
 
     names: list[str] = []
     T_gt = np.zeros((n, 4, 4))
@@ -196,6 +214,9 @@ def evaluate(checkpoint: str | os.PathLike | Relocalizer, scene_root: str | os.P
             ratio[selection][k] = loc.inlier_ratio
             est_ms[selection][k] = loc.timings['estimator']
 
+    scoring = (Scoring.SCORE_NET if getattr(relocalizer, 'uses_score_net', False)
+               else Scoring.SOFT_INLIERS).value
+    threshold = float(relocalizer.estimator_config.inlier_threshold_px)
     T_cw_gt = np.linalg.inv(T_gt) if n else T_gt
     results = {}
     for selection in config.selections:
@@ -213,7 +234,8 @@ def evaluate(checkpoint: str | os.PathLike | Relocalizer, scene_root: str | os.P
                        checkpoint=checkpoint_name, split=config.split,
                        frame_names=tuple(names), T_wc_gt_n44=T_gt, preprocess_ms_n=pre_ms,
                        network_ms_n=net_ms, selections=results,
-                       device=str(relocalizer.device), coverage=coverage)
+                       device=str(relocalizer.device), coverage=coverage,
+                       scoring=scoring, inlier_threshold_px=threshold)
 
 
 __all__ = ['EvaluationConfig', 'SceneResult', 'SelectionResult', 'evaluate', 'frame_indices']

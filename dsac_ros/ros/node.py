@@ -102,8 +102,9 @@ def load_relocalizer(settings: NodeSettings, logger=None):
         raise FileNotFoundError(f'model file {path} does not exist{hint}')
     device = str(resolve_device(settings.device,
                                 warn=None if logger is None else logger.warning))
-    config = RelocalizerConfig(device=device, estimator=settings.estimator_config(),
-                               use_score_net=settings.use_score_net)
+    # Estimator settings: the checkpoint's; the node's parameters go on top
+    # (`RelocalizeNode._apply_estimator_settings`).
+    config = RelocalizerConfig(device=device, scoring=settings.scoring)
     relocalizer = Relocalizer.from_checkpoint(path, config)
     if logger is not None:
         logger.info(f'loaded model {path} on {device}')
@@ -210,10 +211,11 @@ class RelocalizeNode(Node):
             'parameters set: ' + ', '.join(f'{p.name}={p.value!r}' for p in params))
 
     def _apply_estimator_settings(self) -> None:
-        """The estimator parameters -> the relocalizer (its other estimator settings kept)."""
+        """The estimator parameters -> the relocalizer, on top of the checkpoint's settings
+        (`Relocalizer.model_estimator_config`; a relocalizer without it: its current ones)."""
         relocalizer = self._relocalizer
-        relocalizer.set_estimator_config(
-            self.settings.estimator_config(relocalizer.estimator_config))
+        base = getattr(relocalizer, 'model_estimator_config', relocalizer.estimator_config)
+        relocalizer.set_estimator_config(self.settings.estimator_config(base))
 
     # -- subscriptions (executor thread): store only -------------------------------------------
 

@@ -18,6 +18,7 @@ from rclpy.node import Node
 
 from dsac_ros.device import Device
 from dsac_ros.dsac.config import EstimatorConfig, Selection
+from dsac_ros.dsac.settings import Scoring
 
 
 class Reliability(str, Enum):
@@ -89,9 +90,11 @@ class NodeSettings:
     camera_frame: str = _parameter(
         '', 'TF child frame (optical frame, OpenCV axes); empty: the image header frame_id.')
     publish_tf: bool = _parameter(True, 'Broadcast map_frame -> camera_frame on /tf.')
-    use_score_net: bool = _parameter(
-        False, "Score hypotheses with the checkpoint's score CNN (when it has one); false: "
-        'soft inlier count.', read_only=True)
+    scoring: str = _parameter(
+        Scoring.AUTO.value,
+        "Hypothesis scores: 'auto' (what the checkpoint records: its Score CNN when validated "
+        "at least as accurate as soft inliers), 'score_net' or 'soft_inliers'.",
+        read_only=True, choices=Scoring)
     selection: str = _parameter(
         Selection.RANSAC.value,
         "Hypothesis selection: 'ransac' (argmax score), 'softam' (score-weighted average) or "
@@ -99,10 +102,10 @@ class NodeSettings:
     num_hypotheses: int = _parameter(
         256, 'Pose hypotheses sampled per frame (RANSAC pool size).', min_value=1,
         max_value=4096)
-    # 10 px at 640x480 = 5 px at the 320x240 demo model
     inlier_threshold_px: float = _parameter(
-        5.0, "Reprojection error below which a cell is an inlier, pixels of the model's input "
-        'size.', min_value=0.5, max_value=50.0)
+        0.0, "Reprojection error below which a cell is an inlier, pixels of the model's input "
+        "size; 0: the checkpoint's (what it was trained with; older files: 10 px at 640 px "
+        'width, 5 px at 320).', min_value=0.0, max_value=50.0)
     refinement_steps: int = _parameter(8, 'Inlier re-selection + PnP refinement rounds.',
                                        min_value=0, max_value=100)
     min_inliers: int = _parameter(
@@ -125,12 +128,13 @@ class NodeSettings:
                 object.__setattr__(self, f.name, float(value))
 
     def estimator_config(self, base: EstimatorConfig | None = None) -> EstimatorConfig:
-        """The estimator settings these parameters make (the other fields from ``base`` or the
+        """The estimator settings these parameters make (the other fields, and the inlier
+        threshold when the parameter is 0, from ``base``, the checkpoint's settings, or the
         defaults). The node's ranges lie inside the estimator's, so this never raises."""
         base = base if base is not None else EstimatorConfig()
+        threshold = self.inlier_threshold_px or base.inlier_threshold_px
         return replace(base, selection=Selection(self.selection),
-                       num_hypotheses=self.num_hypotheses,
-                       inlier_threshold_px=self.inlier_threshold_px,
+                       num_hypotheses=self.num_hypotheses, inlier_threshold_px=threshold,
                        refinement_steps=self.refinement_steps,
                        min_inliers_for_pose=self.min_inliers, seed=self.seed)
 
@@ -173,6 +177,8 @@ def validate(name: str, value: Any) -> str | None:
         return f'{name}={value!r} is above the maximum {spec.max_value}'
     if spec.choices and value not in spec.choices:
         return f'{name}={value!r} is not one of {list(spec.choices)}'
+    if name == 'inlier_threshold_px' and 0 < value < 0.5:
+        return f"{name}={value!r}: 0 (the checkpoint's) or at least 0.5 px"
     if name == 'map_frame' and not _FRAME_RE.match(value):
         return f'map_frame={value!r} is not a valid frame id (non-empty, no leading /)'
     if name == 'camera_frame' and value and not _FRAME_RE.match(value):
