@@ -8,12 +8,20 @@ import pytest
 import torch
 
 from dsac_ros.data.synthetic import SyntheticSceneConfig, generate_scene
-from dsac_ros.dsac import EstimatorConfig, Selection
+from dsac_ros.dsac import (
+    EstimatorConfig,
+    Scoring,
+    Selection,
+    default_inlier_threshold_px,
+    read_model_settings,
+)
 from dsac_ros.geometry.scoring import reprojection_errors
 from dsac_ros.models.checkpoint import load_checkpoint, read_checkpoint_dict
 from dsac_ros.models.scene_coordinate_net import SceneCoordinateNet, SceneCoordinateNetConfig
 from dsac_ros.models.score_net import ScoreNet, ScoreNetConfig
+from dsac_ros.relocalizer import Relocalizer, RelocalizerConfig
 from dsac_ros.training.config import (
+    COORD_GRAD_UNIT_M,
     Budget,
     CoordStageConfig,
     EndToEndStageConfig,
@@ -195,7 +203,10 @@ def test_e2e_gradients_reach_both_networks(tiny_scene: Path, selection: Selectio
         seen_grad['coords'] = grad.abs().max().item()
         return grad
 
-    estimator = EstimatorConfig(selection=selection, num_hypotheses=32)
+    # The refined SoftAM average is a PnP re-solve on its inliers: it depends on the weights
+    # (the scores) only through which cells are inliers, so the score path is checked unrefined.
+    estimator = EstimatorConfig(selection=selection, num_hypotheses=32,
+                                refinement_steps=8 if selection is Selection.DSAC else 0)
     runtime = Runtime(device=torch.device('cpu'), amp_dtype=None)
 
     real_forward = coord.forward
@@ -220,8 +231,9 @@ def test_e2e_gradients_reach_both_networks(tiny_scene: Path, selection: Selectio
     assert all(torch.isfinite(g).all() for g in coord_grads + score_grads)
     assert sum(float(g.abs().sum()) for g in coord_grads) > 0
     assert sum(float(g.abs().sum()) for g in score_grads) > 0
-    # The raw gradient on the coordinates exceeds the clamp; what enters the network does not.
-    assert seen_grad['coords'] > 1e-3
+    # The raw gradient on the coordinates (per metre) exceeds the clamp even per millimetre;
+    # what enters the network is per millimetre and clamped.
+    assert seen_grad['coords'] * COORD_GRAD_UNIT_M > 1e-3
     assert 0.0 < seen_grad['net_output'] <= 1e-3 + 1e-9
 
 
@@ -236,7 +248,30 @@ def test_e2e_stage_runs_and_logs(tiny_scene: Path, tmp_path: Path):
     assert result.stages_done == ['coords', 'score', 'e2e'] and result.steps['e2e'] == 4
     rows = _rows(out, 'e2e')
     assert rows and all(float(r['loss']) >= 0 for r in rows)
-    assert load_checkpoint(out / 'model.pt').metadata['e2e_selection'] == 'softam'
+    assert all(0.0 <= float(r['aux']) <= 1.0 and float(r['grad']) >= 0 for r in rows)
+    model = load_checkpoint(out / 'model.pt')
+    assert model.metadata['e2e_selection'] == 'softam'
+    # the estimator settings travel: tau at the image width (the paper's 10 px at 640 px)
+    settings = read_model_settings(model.metadata, model.image_size)
+    assert settings.inlier_threshold_px == default_inlier_threshold_px(model.image_size[1])
+    assert settings.scoring in (Scoring.SCORE_NET, Scoring.SOFT_INLIERS)
+    assert model.score_net.config.inlier_threshold_px == settings.inlier_threshold_px
+    reloc = Relocalizer.from_checkpoint(out / 'model.pt', RelocalizerConfig(device='cpu'))
+    assert reloc.estimator_config.inlier_threshold_px == settings.inlier_threshold_px
+    assert reloc.uses_score_net == (settings.scoring is Scoring.SCORE_NET)
+
+
+def test_e2e_stage_with_augmentation_and_threshold(tiny_scene: Path, tmp_path: Path):
+    out = tmp_path / 'aug'
+    config = _config(tiny_scene, out, max_frames=4, inlier_threshold_px=7.0,
+                     coords=CoordStageConfig(budget=Budget(iterations=10), batch_size=4),
+                     stages=(Stage.COORDS, Stage.E2E),
+                     e2e=EndToEndStageConfig(budget=Budget(iterations=2), num_hypotheses=16,
+                                             augment=True))
+    train(config)
+    model = load_checkpoint(out / 'model.pt')
+    settings = read_model_settings(model.metadata, model.image_size)
+    assert settings.inlier_threshold_px == 7.0 and settings.scoring is Scoring.SOFT_INLIERS
 
 
 def test_same_seed_same_weights(tiny_scene: Path, tmp_path: Path):

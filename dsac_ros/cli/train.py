@@ -62,6 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--batch-size', type=int, help='stage 1 batch size')
     p.add_argument('--e2e-frames', type=int, help='images per end-to-end step')
     p.add_argument('--hypotheses', type=int, help='hypotheses per image in end-to-end training')
+    p.add_argument('--e2e-lr', type=float,
+                   help='end-to-end coordinate learning rate lr0 of lr0 / (1 + 0.1 t), on '
+                        "per-millimetre gradients (default: the preset's)")
+    p.add_argument('--e2e-augment', action=argparse.BooleanOptionalAction, default=None,
+                   help='end-to-end: in-plane rotation / zoom / photometric augmentation '
+                        "(default: the preset's)")
+    p.add_argument('--inlier-threshold', type=float,
+                   help='inlier threshold tau (px of the training images) that end-to-end '
+                        'training uses and the model is deployed with (default: 10 px at 640 '
+                        'px width, scaled to the image width)')
     p.add_argument('--checkpoint-every', type=int, default=500, help='steps between saves')
     p.add_argument('--checkpoint-seconds', type=float, default=120.0,
                    help='seconds between saves')
@@ -113,6 +123,12 @@ def config_from_args(args: argparse.Namespace, scene: Path):
         e2e = replace(e2e, frames_per_step=args.e2e_frames)
     if args.hypotheses:
         e2e = replace(e2e, num_hypotheses=args.hypotheses)
+    if args.e2e_lr is not None:
+        e2e = replace(e2e, coord_lr=replace(e2e.coord_lr, lr=args.e2e_lr))
+    if args.e2e_augment is not None:
+        e2e = replace(e2e, augment=args.e2e_augment)
+    if args.inlier_threshold is not None:
+        config = replace(config, inlier_threshold_px=args.inlier_threshold)
     coords = config.coords
     if args.batch_size:
         coords = replace(coords, batch_size=args.batch_size)

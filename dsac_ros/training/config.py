@@ -1,17 +1,26 @@
 """Training configuration: stages, presets, schedules and precision as frozen dataclasses.
 
+Units (docs/CONTRACTS.md): scene coordinates are metres everywhere, but stage 3 differentiates
+its loss per millimetre of scene coordinate, the unit of the reference implementation, so the
+paper's gradient clamp (+-0.1) and learning rates mean what they meant there
+(`COORD_GRAD_UNIT_M`).
+
 Two presets:
 
 * ``default`` (CPU-sized, measured on the synthetic scene): stage 1 with Adam lr 2e-3 cosine-
   decayed to 0 over the budget (``minutes`` or ``iterations``), batch 8, brightness/contrast
   jitter, bf16 autocast + channels_last where the hardware supports it; stage 2 Adam 1e-3,
   2000 steps of 64 error images; stage 3 as in the paper (SGD momentum 0.9, coordinate lr
-  1e-4 / (1 + 0.1 t), score lr 1e-7, gradients clamped to [-0.1, 0.1]) but 300 steps of one
-  image.
+  1e-4 / (1 + 0.1 t) and score lr 1e-7 on per-millimetre gradients clamped to [-0.1, 0.1])
+  but 300 steps of one image.
 * ``paper`` (Brachmann et al. 2017, Sec. 4.1 / 4.2): stage 1 Adam 1e-4 halved every 50k updates
   for 300k updates; stage 2 Adam 1e-4, batch 64, 2k updates; stage 3 SGD momentum 0.9,
-  coordinate lr 1e-4 / (1 + 0.1 t), score lr 1e-7 fixed, 10k updates, gradients clamped to
-  [-0.1, 0.1]. (The paper's batch of 64 patches becomes whole images here.)
+  coordinate lr 1e-4 / (1 + 0.1 t), score lr 1e-7 fixed, 10k updates, per-millimetre
+  gradients clamped to [-0.1, 0.1]. (The paper's batch of 64 patches becomes whole images.)
+
+Both train stage 3 at the inlier threshold the model is deployed with (`TrainConfig.
+inlier_threshold_px`, by default the paper's 10 px scaled to the image width) and store it, with
+the other estimator settings, in the checkpoint (`dsac_ros.dsac.settings`).
 """
 
 from __future__ import annotations
@@ -139,22 +148,34 @@ class ScoreStageConfig:
     output_scale: float = 100.0  # ScoreNetConfig.output_scale of a freshly built score net
 
 
+COORD_GRAD_UNIT_M = 1e-3
+"""Stage 3 takes the loss gradient w.r.t. scene coordinates per millimetre (the reference
+implementation's unit): the per-metre gradient times this, before the clamp and the optimizer.
+In metres the same clamp would act on 8-14 % of the cells of the shipped model instead of none,
+and the paper's learning rate would step 1000x further."""
+
+
 @dataclass(frozen=True)
 class EndToEndStageConfig:
-    """Stage 3: end-to-end training through ``dsac.expected_pose_loss`` (paper Sec. 4.2)."""
+    """Stage 3: end-to-end training through ``dsac.expected_pose_loss`` (paper Sec. 4.2).
+
+    coord_lr / score_lr / momentum: SGD on per-millimetre scene-coordinate gradients
+    (`COORD_GRAD_UNIT_M`) and on the Score CNN. grad_clamp: the gradient entering either
+    network at its output is clamped to +- this (per mm for coordinates, per score unit for the
+    Score CNN), as in the paper. augment: in-plane rotation (+-5 deg) and zoom (+-10 %) of
+    each image with K and pose to match, plus brightness / contrast (`data.augment`).
+    """
 
     budget: Budget = Budget(iterations=300)
     selection: Selection = Selection.DSAC
-    # The paper's 1e-4 (preset 'paper') wrecks our BatchNorm net: from the 29-minute
-    # componentwise model, 3 min of DSAC at 1e-4 took 83 % -> 29 % of test frames within
-    # 5 cm / 5 deg, 1e-5 gave 69.5 %, 1e-6 kept 90 % (synthetic room, 5 px threshold).
-    coord_lr: LrSchedule = LrSchedule(1e-6, Schedule.INVERSE, decay=0.1)
+    coord_lr: LrSchedule = LrSchedule(1e-4, Schedule.INVERSE, decay=0.1)
     score_lr: LrSchedule = LrSchedule(1e-7, Schedule.CONSTANT)
     momentum: float = 0.9
-    grad_clamp: float = 0.1  # gradients entering either network are clamped to +- this
+    grad_clamp: float = 0.1
     frames_per_step: int = 1
     num_hypotheses: int = 256
     train_score: bool = True
+    augment: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.selection, Selection):
@@ -172,6 +193,10 @@ class TrainConfig:
     networks from this file (weights only, e.g. componentwise -> end-to-end in a new folder).
     coord_net: architecture of a freshly built coordinate net (ignored when resuming or
     initialising from a checkpoint, which carries its own).
+    inlier_threshold_px: tau (pixels of the training images) that stage 3 trains with, the
+    Score CNN's input is scaled by and the model is deployed with (stored in the checkpoint);
+    None: the paper's 10 px scaled to the image width (5 px at 320). soft_inlier_beta: the soft
+    inlier count's sharpness (1/px), likewise stored.
     """
 
     scene: Path
@@ -182,6 +207,8 @@ class TrainConfig:
     score: ScoreStageConfig = ScoreStageConfig()
     e2e: EndToEndStageConfig = EndToEndStageConfig()
     preset: Preset = Preset.DEFAULT
+    inlier_threshold_px: float | None = None
+    soft_inlier_beta: float = 0.5
     seed: int = 0
     device: str = 'auto'
     precision: Precision = Precision.AUTO
@@ -206,6 +233,10 @@ class TrainConfig:
             raise ValueError('no training stage selected')
         if self.checkpoint_every < 1 or self.log_every < 1:
             raise ValueError('checkpoint_every and log_every must be >= 1')
+        if self.inlier_threshold_px is not None and not self.inlier_threshold_px > 0:
+            raise ValueError(f'inlier_threshold_px must be > 0, got {self.inlier_threshold_px}')
+        if not self.soft_inlier_beta > 0:
+            raise ValueError(f'soft_inlier_beta must be > 0, got {self.soft_inlier_beta}')
 
     def to_dict(self) -> dict[str, Any]:
         """Plain (weights_only-loadable) dict for checkpoints and logs."""

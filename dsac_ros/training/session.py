@@ -24,6 +24,13 @@ from torch import Tensor, nn
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from dsac_ros.dsac import (
+    ModelSettings,
+    Scoring,
+    default_inlier_threshold_px,
+    model_settings_metadata,
+    read_model_settings,
+)
 from dsac_ros.models.checkpoint import (
     load_checkpoint,
     remove_stale_temporaries,
@@ -41,7 +48,7 @@ CHECKPOINT_NAME = 'checkpoint.pt'
 MODEL_NAME = 'model.pt'
 LOG_NAME = 'log.csv'
 CURVES_NAME = 'curves.png'
-_LOG_FIELDS = ('stage', 'step', 'elapsed_s', 'lr', 'loss', 'aux')
+_LOG_FIELDS = ('stage', 'step', 'elapsed_s', 'lr', 'loss', 'aux', 'grad')
 
 
 class TrainingInterruptedError(RuntimeError):
@@ -83,6 +90,7 @@ class Session:
     resume: dict[str, Any] | None  # training dict of checkpoint.pt, if resuming a stage
     stop_signal: int | None = None
     result: TrainResult | None = None
+    scoring: Scoring = Scoring.SOFT_INLIERS  # deployed scoring (`stages.validate_scoring`)
 
     @property
     def out(self) -> Path:
@@ -147,24 +155,27 @@ def open_session(config: TrainConfig, runtime: Runtime) -> Session:
             resume = training
         _check_camera(loaded.K, loaded.image_size, data, ckpt_path)
         coord_net, score_net = loaded.coord_net, loaded.score_net
+        scoring = read_model_settings(loaded.metadata, loaded.image_size).scoring
         _LOG.info('resuming from %s (completed %s, in progress %s at step %s)', ckpt_path,
                   completed, training.get('stage'), training.get('step'))
     elif config.init_checkpoint is not None:
         loaded = load_checkpoint(config.init_checkpoint)
         _check_camera(loaded.K, loaded.image_size, data, config.init_checkpoint)
         coord_net, score_net = loaded.coord_net, loaded.score_net
+        scoring = read_model_settings(loaded.metadata, loaded.image_size).scoring
         _LOG.info('networks initialised from %s', config.init_checkpoint)
     else:
         coord_net = SceneCoordinateNet(config.coord_net)
         coord_net.set_scene_mean(data.scene_mean())
         score_net = None
+        scoring = Scoring.SOFT_INLIERS
     coord_net = coord_net.to(runtime.device)
     if score_net is not None:
         score_net = score_net.to(runtime.device)
     if runtime.is_main:
         config.out_dir.mkdir(parents=True, exist_ok=True)
     return Session(config=config, runtime=runtime, data=data, shard=shard, coord_net=coord_net,
-                    score_net=score_net, completed=completed, resume=resume)
+                    score_net=score_net, completed=completed, resume=resume, scoring=scoring)
 
 
 def _check_camera(K: Tensor, image_size: tuple[int, int], data: TrainingSet, path: Path) -> None:
@@ -289,9 +300,11 @@ def _progress(session: Session, stage: Stage, budget: Budget, step: int):
 
 def _log_row(session: Session, stage: Stage, step: int, elapsed: float, lr: float,
              window: dict[str, list[float]]) -> None:
-    loss = sum(window.get('loss', [math.nan])) / max(1, len(window.get('loss', [])))
-    aux_values = window.get('aux', [])
-    aux = sum(aux_values) / len(aux_values) if aux_values else math.nan
+    def mean(key: str) -> float:
+        values = window.get(key, [])
+        return sum(values) / len(values) if values else math.nan
+
+    loss, aux, grad = mean('loss'), mean('aux'), mean('grad')
     session.result.final_loss[stage.value] = loss
     if not session.runtime.is_main:
         return
@@ -302,7 +315,7 @@ def _log_row(session: Session, stage: Stage, step: int, elapsed: float, lr: floa
         if new:
             writer.writerow(_LOG_FIELDS)
         writer.writerow([stage.value, step, f'{elapsed:.2f}', f'{lr:.4g}', f'{loss:.6g}',
-                         f'{aux:.6g}'])
+                         f'{aux:.6g}', f'{grad:.6g}'])
     _LOG.debug('%s step %d loss %.4g aux %.4g', stage.value, step, loss, aux)
 
 
@@ -326,9 +339,23 @@ def prune_log(session: Session) -> None:
         writer.writerows(keep)
 
 
+def model_settings(session: Session) -> ModelSettings:
+    """The estimator settings this run trains with and its model is deployed with
+    (`dsac_ros.dsac.settings`): tau from the config, else the paper's at the image width."""
+    config = session.config
+    tau = config.inlier_threshold_px
+    if tau is None:
+        tau = default_inlier_threshold_px(session.data.image_size[1])
+    amp = session.runtime.amp_dtype
+    return ModelSettings(inlier_threshold_px=tau, soft_inlier_beta=config.soft_inlier_beta,
+                         scoring=session.scoring,
+                         amp_dtype=None if amp is None else str(amp).replace('torch.', ''))
+
+
 def metadata(session: Session) -> dict[str, Any]:
     meta = {'scene': str(session.config.scene), 'preset': session.config.preset.value,
-            'stages_completed': ','.join(session.completed), 'seed': session.config.seed}
+            'stages_completed': ','.join(session.completed), 'seed': session.config.seed,
+            **model_settings_metadata(model_settings(session))}
     if Stage.E2E.value in session.completed:
         meta['e2e_selection'] = session.config.e2e.selection.value
     if session.result is not None:

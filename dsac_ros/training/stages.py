@@ -10,16 +10,19 @@ import logging
 import math
 from typing import Any, Callable
 
+import cv2
+import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from dsac_ros.dsac import EstimatorConfig, expected_pose_loss
+from dsac_ros.data.augment import AugmentConfig, adjusted_camera, photometric, sample_params
+from dsac_ros.dsac import DsacEstimator, EstimatorConfig, Scoring, expected_pose_loss
 from dsac_ros.geometry.camera import cell_centers
 from dsac_ros.geometry.scoring import reprojection_errors
-from dsac_ros.models.scene_coordinate_net import SceneCoordinateNet
+from dsac_ros.geometry.transforms import invert_se3, pose_errors
 from dsac_ros.models.score_net import ScoreNet, ScoreNetConfig
-from dsac_ros.training.config import Stage
-from dsac_ros.training.data import load_training_set
+from dsac_ros.training.config import COORD_GRAD_UNIT_M, Stage
+from dsac_ros.training.data import TrainingSet, load_training_set
 from dsac_ros.training.losses import (
     coordinate_loss,
     perturb_poses,
@@ -32,6 +35,7 @@ from dsac_ros.training.session import (
     Session,
     batch_images,
     draw_frames,
+    model_settings,
     run_loop,
     stage_generator,
     wrap_ddp,
@@ -95,18 +99,28 @@ def train_coords(session: Session) -> None:
         validate_coords(session)
 
 
-def validate_coords(session: Session, max_frames: int = 50) -> None:
-    """Log the median coordinate error (m) on up to ``max_frames`` test frames, if any."""
+def held_out(session: Session, max_frames: int = 50) -> tuple[TrainingSet, Tensor] | None:
+    """Up to ``max_frames`` test-split frames of the scene and the coordinate net's predictions
+    for them (device), or None without a usable test split."""
     try:
         test = load_training_set(session.config.scene, 'test', max_frames=max_frames)
     except (ValueError, FileNotFoundError) as exc:
         _LOG.info('no test split to validate on (%s)', exc)
-        return
-    if test.coords_b3hw is None or test.image_size != session.data.image_size:
-        return
+        return None
+    if test.image_size != session.data.image_size:
+        return None
     pred = predict_coordinates(session.coord_net, test.images_b3hw, session.runtime,
-                               channels_last=session.config.channels_last).cpu()
-    dist_m = (pred - test.coords_b3hw).norm(dim=1)
+                               channels_last=session.config.channels_last)
+    return test, pred
+
+
+def validate_coords(session: Session, max_frames: int = 50) -> None:
+    """Log the median coordinate error (m) on up to ``max_frames`` test frames, if any."""
+    found = held_out(session, max_frames)
+    if found is None or found[0].coords_b3hw is None:
+        return
+    test, pred = found
+    dist_m = (pred.cpu() - test.coords_b3hw).norm(dim=1)
     dist_m = dist_m[torch.isfinite(dist_m)]
     median = float(dist_m.median())
     within = float((dist_m < 0.1).float().mean())
@@ -114,6 +128,42 @@ def validate_coords(session: Session, max_frames: int = 50) -> None:
     session.result.validation['coords_test_within_10cm'] = within
     _LOG.info('coordinates on %d test frames: median error %.3f m, %.1f %% within 10 cm',
               len(test), median, 100 * within)
+
+
+def validate_scoring(session: Session, max_frames: int = 50) -> None:
+    """Choose the scoring the model is deployed with (`ModelSettings.scoring`): the Score CNN
+    when the model has one and, on up to ``max_frames`` held-out (test split) frames with RANSAC
+    selection, it puts at least as many poses within 5 cm / 5 deg as soft inlier counts (ties:
+    the smaller median error); soft inliers otherwise, also without held-out frames."""
+    session.scoring = Scoring.SOFT_INLIERS
+    if session.score_net is None or not session.runtime.is_main:
+        return
+    found = held_out(session, max_frames)
+    if found is None:
+        _LOG.info('no held-out frames: the model is deployed with soft inlier counts')
+        return
+    test, pred = found
+    config = model_settings(session).apply(EstimatorConfig(seed=session.config.seed))
+    T_gt = test.T_cw_b44.to(session.runtime.device, pred.dtype)
+    K = test.K_33.to(session.runtime.device, pred.dtype)
+    results = {}
+    session.score_net.eval()
+    for scoring, score_fn in ((Scoring.SOFT_INLIERS, None),
+                              (Scoring.SCORE_NET, session.score_net.score_fn)):
+        with torch.no_grad():
+            est = DsacEstimator(config, score_fn).estimate(pred, K, session.coord_net.stride)
+        deg, m = pose_errors(est.T_cw_b44, T_gt)
+        ok = est.valid_b & (deg < 5.0) & (m < 0.05)
+        error = torch.where(est.valid_b, torch.maximum(deg, 100.0 * m),
+                            torch.full_like(deg, math.inf))
+        results[scoring] = (100.0 * float(ok.float().mean()), float(error.median()))
+        session.result.validation[f'scoring_{scoring.value}_5cm5deg_pct'] = results[scoring][0]
+    soft, learned = results[Scoring.SOFT_INLIERS], results[Scoring.SCORE_NET]
+    if learned[0] > soft[0] or (learned[0] == soft[0] and learned[1] <= soft[1]):
+        session.scoring = Scoring.SCORE_NET
+    _LOG.info('held-out scoring check on %d frames (RANSAC): Score CNN %.1f %%, soft inliers '
+              '%.1f %% within 5 cm / 5 deg: deployed with %s', len(test), learned[0], soft[0],
+              session.scoring.value)
 
 
 # ----------------------------------------------------------------------------------------
@@ -138,8 +188,11 @@ def predict_coordinates(session_or_net: Any, images_b3hw_uint8: Tensor, runtime:
 
 def train_score(session: Session) -> None:
     cfg, runtime, data = session.config.score, session.runtime, session.data
+    settings = model_settings(session)
     if session.score_net is None:
-        session.score_net = ScoreNet(ScoreNetConfig(output_scale=cfg.output_scale))
+        session.score_net = ScoreNet(ScoreNetConfig.for_threshold(
+            settings.inlier_threshold_px, settings.soft_inlier_beta,
+            output_scale=cfg.output_scale))
         session.score_net.to(runtime.device)
     net = session.score_net
     net.train()
@@ -177,28 +230,33 @@ def train_score(session: Session) -> None:
     run_loop(session, Stage.SCORE, cfg.budget, [Optim('score', optimizer, cfg.lr)], generator,
           step_fn)
     net.eval()
+    validate_scoring(session)
 
 
 # ----------------------------------------------------------------------------------------
 # Stage 3: end-to-end
 
 
-def clamp_hook(limit: float) -> Callable[[Tensor], Tensor]:
-    """Tensor hook clamping a gradient to [-limit, limit] (paper Sec. 4.2); NaN -> 0."""
+def clamp_hook(limit: float, scale: float = 1.0,
+               stats: dict[str, float] | None = None) -> Callable[[Tensor], Tensor]:
+    """Tensor hook: the gradient times ``scale``, NaN -> 0, clamped to [-limit, limit] (paper
+    Sec. 4.2). With ``stats`` it records the gradient's L2 norm before the clamp ('grad_norm')
+    and the share of its entries the clamp changes ('clamp_share')."""
     def hook(grad: Tensor) -> Tensor:
-        return torch.nan_to_num(grad, nan=0.0).clamp(-limit, limit)
+        grad = torch.nan_to_num(grad, nan=0.0) * scale
+        if stats is not None:
+            stats['grad_norm'] = float(grad.norm())
+            stats['clamp_share'] = float((grad.abs() > limit).float().mean())
+        return grad.clamp(-limit, limit)
     return hook
 
 
 def clamped_score_fn(score_net: ScoreNet, limit: float) -> Callable[[Tensor], Tensor]:
-    """ScoreFn (B, N, H, W) px -> (B, N) whose input and output gradients are clamped, so the
-    gradient entering the score CNN (at its output) and the one it passes back towards the
-    coordinate CNN (at its input) both lie in [-limit, limit]."""
+    """ScoreFn (B, N, H, W) px -> (B, N) whose output gradient (the one entering the Score CNN)
+    is clamped to [-limit, limit] (paper Sec. 4.2)."""
     hook = clamp_hook(limit)
 
     def score_fn(errors_bnhw: Tensor) -> Tensor:
-        if errors_bnhw.requires_grad:
-            errors_bnhw.register_hook(hook)
         scores = score_net.score_fn(errors_bnhw)
         if scores.requires_grad:
             scores.register_hook(hook)
@@ -206,15 +264,19 @@ def clamped_score_fn(score_net: ScoreNet, limit: float) -> Callable[[Tensor], Te
     return score_fn
 
 
-def end_to_end_loss(coord_net: SceneCoordinateNet, score_net: ScoreNet | None,
-                    images_b3hw: Tensor, K_33: Tensor, T_cw_gt_b44: Tensor,
+def end_to_end_loss(coord_net: nn.Module, score_net: ScoreNet | None,
+                    images_b3hw: Tensor, K_b33: Tensor, T_cw_gt_b44: Tensor,
                     estimator: EstimatorConfig, grad_clamp: float,
-                    generator: torch.Generator | None, runtime: Runtime | None = None
-                    ) -> Tensor:
+                    generator: torch.Generator | None, runtime: Runtime | None = None,
+                    stats: dict[str, float] | None = None) -> Tensor:
     """Expected pose loss (deg / cm, paper Eq. 7 / SoftAM Eq. 4) of a batch of images.
 
-    images_b3hw: (B, 3, H, W) in [0, 1]; K_33 (3, 3) pixels; T_cw_gt_b44 (B, 4, 4)
-    world-to-camera. Gradients entering either network are clamped to +- grad_clamp.
+    coord_net: any network mapping images (B, 3, H, W) in [0, 1] to scene coordinates
+    (B, 3, H/s, W/s) in metres with a ``stride`` attribute s. K_b33: (B, 3, 3) or (3, 3)
+    pixels; T_cw_gt_b44 (B, 4, 4) world-to-camera. The gradient reaching the coordinate net is
+    taken per millimetre (`COORD_GRAD_UNIT_M`) and, like the one reaching the Score CNN,
+    clamped to +- grad_clamp; ``stats`` receives the coordinate gradient's norm and clamp share
+    (`clamp_hook`).
     """
     # bf16 autocast only: fp16 gradients of the pose loss would need loss scaling.
     use_amp = runtime is not None and runtime.amp_dtype == torch.bfloat16
@@ -223,12 +285,39 @@ def end_to_end_loss(coord_net: SceneCoordinateNet, score_net: ScoreNet | None,
         pred = coord_net(images_b3hw)
     pred = pred.float()
     if pred.requires_grad:
-        pred.register_hook(clamp_hook(grad_clamp))
+        pred.register_hook(clamp_hook(grad_clamp, COORD_GRAD_UNIT_M, stats))
     score_fn = None if score_net is None else clamped_score_fn(score_net, grad_clamp)
     B = pred.shape[0]
-    K_b33 = K_33.to(pred).expand(B, 3, 3)
+    K_b33 = K_b33.to(pred).expand(B, 3, 3)
     return expected_pose_loss(pred, K_b33, T_cw_gt_b44.to(pred), estimator, score_fn,
                               generator, stride=coord_net.stride)
+
+
+def augmented_batch(session: Session, idx: Tensor, generator: torch.Generator
+                    ) -> tuple[Tensor, Tensor, Tensor]:
+    """Images (B, 3, H, W) in [0, 1] (device), K (B, 3, 3) and T_cw (B, 4, 4) (float64, CPU)
+    of frames ``idx``, each rotated in-plane and zoomed with camera and pose to match and
+    jittered in brightness / contrast (`dsac_ros.data.augment`, default ranges)."""
+    data, config = session.data, AugmentConfig()
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    rng = np.random.default_rng(seed)
+    K = data.K_33.numpy()
+    height, width = data.image_size
+    images, Ks, poses = [], [], []
+    for i in idx.tolist():
+        params = sample_params(rng, config)
+        T_wc = np.linalg.inv(data.T_cw_b44[i].numpy())
+        K_new, T_wc_new, affine = adjusted_camera(K, T_wc, params)
+        image = np.ascontiguousarray(data.images_b3hw[i].permute(1, 2, 0).numpy())
+        image = cv2.warpAffine(image, affine, (width, height), flags=cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+        images.append(torch.from_numpy(photometric(image, params.contrast, params.brightness)))
+        Ks.append(torch.from_numpy(K_new))
+        poses.append(invert_se3(torch.from_numpy(T_wc_new)))
+    batch = torch.stack(images).permute(0, 3, 1, 2).to(session.runtime.device).float() / 255.0
+    if session.config.channels_last:
+        batch = batch.contiguous(memory_format=torch.channels_last)
+    return batch, torch.stack(Ks), torch.stack(poses)
 
 
 def train_e2e(session: Session) -> None:
@@ -236,8 +325,8 @@ def train_e2e(session: Session) -> None:
     coord_net, score_net = session.coord_net, session.score_net
     if session.config.channels_last:
         coord_net = coord_net.to(memory_format=torch.channels_last)
-    # BatchNorm keeps its componentwise statistics: 1-2 images per step are too few to
-    # re-estimate them; its affine parameters still learn.
+    # Normalisation layers keep their componentwise statistics (eval mode): one image per step
+    # is too few to re-estimate batch statistics; affine parameters still learn.
     coord_net.eval()
     optims = [Optim('coord', torch.optim.SGD(coord_net.parameters(), lr=cfg.coord_lr.lr,
                                               momentum=cfg.momentum), cfg.coord_lr)]
@@ -255,18 +344,28 @@ def train_e2e(session: Session) -> None:
     else:
         _LOG.warning('stage e2e without a score net: scoring by soft inlier count, only the '
                      'coordinate net learns')
-    estimator = EstimatorConfig(selection=cfg.selection, num_hypotheses=cfg.num_hypotheses,
-                                seed=session.config.seed)
+    settings = model_settings(session)
+    estimator = settings.apply(EstimatorConfig(selection=cfg.selection,
+                                               num_hypotheses=cfg.num_hypotheses,
+                                               seed=session.config.seed))
     generator = stage_generator(session, Stage.E2E)
     K = data.K_33.to(runtime.device, torch.float32)
-    _LOG.info('stage e2e (%s): %d frame(s) per step, %d hypotheses, budget %s',
-              cfg.selection.value, cfg.frames_per_step, cfg.num_hypotheses, cfg.budget)
+    _LOG.info('stage e2e (%s): %d frame(s) per step, %d hypotheses, tau %g px, %s, %s, '
+              'budget %s', cfg.selection.value, cfg.frames_per_step, cfg.num_hypotheses,
+              estimator.inlier_threshold_px,
+              'soft inliers' if score_net is None else 'Score CNN',
+              'augmented' if cfg.augment else 'no augmentation', cfg.budget)
 
     def step_fn(step: int) -> dict[str, float]:
         idx = draw_frames(session, cfg.frames_per_step, generator)
-        images = batch_images(session, idx, False, generator)
-        loss = end_to_end_loss(coord_net, score_net, images, K, data.T_cw_b44[idx], estimator,
-                               cfg.grad_clamp, generator, runtime)
+        if cfg.augment:
+            images, K_b33, T_cw = augmented_batch(session, idx, generator)
+        else:
+            images, K_b33, T_cw = batch_images(session, idx, False, generator), K, \
+                data.T_cw_b44[idx]
+        stats: dict[str, float] = {}
+        loss = end_to_end_loss(coord_net, score_net, images, K_b33, T_cw, estimator,
+                               cfg.grad_clamp, generator, runtime, stats)
         for o in optims:
             o.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -279,6 +378,8 @@ def train_e2e(session: Session) -> None:
             all_reduce_mean_(grads, runtime)
         for o in optims:
             o.optimizer.step()
-        return {'loss': float(loss.detach())}
+        return {'loss': float(loss.detach()), 'aux': stats.get('clamp_share', math.nan),
+                'grad': stats.get('grad_norm', math.nan)}
 
     run_loop(session, Stage.E2E, cfg.budget, optims, generator, step_fn)
+    validate_scoring(session)
