@@ -29,7 +29,7 @@ Cells without valid depth (NaN, inf, <= 0) are invalid, like cells without a sce
 tau is `inlier_threshold_cm` (`dsac_ros.dsac.config.rgbd_threshold_cm`).
 
 Depth images of any resolution registered to the colour image become cell depths with
-`cell_depths` (the median of the valid depths in each cell's footprint).
+`cell_depths` (the depth at each cell centre; holes filled from the cell's footprint).
 
 Frames: T_cw world-to-camera (x_cam = R x_world + t), OpenCV camera axes; metres.
 """
@@ -51,7 +51,8 @@ from dsac_ros.geometry.transforms import hat, transform_points
 
 __all__ = ['DepthCells', 'cell_depths']
 
-# Cells valid in fewer than this share of their footprint get no depth (holes, edges).
+# A cell whose centre is a hole takes the median of its footprint when at least this share of
+# the footprint is valid, else it has no depth.
 MIN_VALID_FOOTPRINT = 0.5
 # A fixed, well-conditioned triangle stands in for rejected sets inside Kabsch, so that no
 # degenerate SVD enters the graph (its gradient could be NaN even where it is masked out).
@@ -65,10 +66,13 @@ def cell_depths(depth_bhw: Tensor, grid_hw: tuple[int, int], stride: int = 8,
     """Depth images registered to the colour image, at any resolution -> depth per cell.
 
     The depth is resampled (nearest pixel, pixel centres aligned) to the network input size
-    (h * stride, w * stride); each cell takes the median of the valid depths in its
-    stride x stride footprint (the median keeps an edge's depth on one side of it instead of
-    inventing a flying point between), and is invalid when fewer than `min_valid_fraction` of
-    its footprint are valid.
+    (h * stride, w * stride); each cell takes the depth of its centre pixel (stride j +
+    stride // 2, stride i + stride // 2), the pixel its scene coordinate is predicted for
+    (and its training target is made from, `data.seven_scenes.scene_coordinates_from_depth`).
+    Where that pixel is a hole, the cell takes the median of the valid depths in its
+    stride x stride footprint if at least `min_valid_fraction` of it is valid (a median
+    keeps an edge's depth on one side of it instead of inventing a point between), else it
+    is invalid.
 
     Args:
         depth_bhw: (B, H', W') depth in metres along the optical axis (z); NaN, inf or <= 0
@@ -91,11 +95,13 @@ def cell_depths(depth_bhw: Tensor, grid_hw: tuple[int, int], stride: int = 8,
         depth = F.interpolate(depth[:, None], size=(h * stride, w * stride),
                               mode='nearest-exact')[:, 0]
     blocks = depth.reshape(B, h, stride, w, stride).permute(0, 1, 3, 2, 4)
+    centre = blocks[..., stride // 2, stride // 2]
     blocks = blocks.reshape(B, h, w, stride * stride)
     count = torch.isfinite(blocks).sum(dim=-1)
     median = torch.nanmedian(blocks, dim=-1).values
     enough = count >= max(1, int(round(min_valid_fraction * stride * stride)))
-    return torch.where(enough, median, torch.full_like(median, torch.nan))
+    filled = torch.where(enough, median, torch.full_like(median, torch.nan))
+    return torch.where(torch.isfinite(centre), centre, filled)
 
 
 def _gather_sets(points_bm3: Tensor, cells_bnk: Tensor) -> Tensor:
