@@ -60,6 +60,7 @@ __all__ = [
     'Prediction',
     'Relocalizer',
     'RelocalizerConfig',
+    'check_depth_image',
 ]
 
 LOGGER = logging.getLogger(__name__)
@@ -184,9 +185,10 @@ def _check_image(image: np.ndarray, name: str = 'image_rgb_hw3') -> None:
         raise ValueError(f'{name} is empty or too small: shape {image.shape}')
 
 
-def _check_depth(depth: np.ndarray, image_shape: tuple[int, ...],
+def check_depth_image(depth: np.ndarray, image_shape: tuple[int, ...],
                  name: str = 'depth_m') -> None:
-    """A depth image registered to an image of `image_shape`: float metres, same aspect."""
+    """Checks a depth image registered to an image of `image_shape` (H, W, ...): float32 /
+    float64 metres (H', W') of the same aspect ratio (1 %); ValueError naming `name`."""
     if not isinstance(depth, np.ndarray):
         raise ValueError(f'{name} must be a numpy array, got {type(depth).__name__}')
     if depth.dtype not in (np.float32, np.float64):
@@ -334,7 +336,8 @@ class Relocalizer:
         for i, (image, K, depth) in enumerate(zip(images_rgb, K_33s, depths)):
             _check_image(image, f'image {i}' if len(images_rgb) > 1 else 'image_rgb_hw3')
             if depth is not None:
-                _check_depth(depth, image.shape, f'depth {i}' if len(depths) > 1 else 'depth_m')
+                check_depth_image(depth, image.shape,
+                                  f'depth {i}' if len(depths) > 1 else 'depth_m')
             K = None if K is None else as_intrinsics_np(K, 'K_33')
             image, K = self._resize(image, K)
             resized.append(image)
