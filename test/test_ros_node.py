@@ -498,18 +498,21 @@ def test_pose_tf_and_covariance_agree(running_node, frames):
 
 @pytest.fixture(scope='module')
 def played(ros_env, model_path, scene_dir, tmp_path_factory):
-    """Runs player, node and recorder processes once; returns (gt, recorded, node log)."""
+    """Runs player, node and recorder processes once; returns (gt, recorded, node log). The
+    player also publishes depth (which this RGB node does not read) and the recorder keeps the
+    diagnostics of this node only, the demo's RGB-D set-up."""
     out = tmp_path_factory.mktemp('played')
     gt_path, poses_path, ready = out / 'gt.json', out / 'poses.json', out / 'ready'
     with RosProcesses(own_domain(ros_env), out) as procs:
         recorder = procs.start('recorder', module_command(
-            'dsac_ros.demo.pose_recorder', str(poses_path), '--ready-file', str(ready)))
+            'dsac_ros.demo.pose_recorder', str(poses_path), '--ready-file', str(ready),
+            '--node', 'relocalize_node'))
         node = procs.start('node', node_command(
             PARAMS_FILE, {'model_path': str(model_path), **NODE_TEST_PARAMS}))
         assert wait_for(ready.exists, 30.0, children=[recorder]), recorder.log()
         player = procs.start('player', module_command(
             'dsac_ros.demo.player', str(scene_dir), '--rate', '5', '--gt-out', str(gt_path),
-            '--wait-timeout', '60'))
+            '--wait-timeout', '60', '--depth-topic', DEPTH_TOPIC, '--depth-noise', '0.01'))
         assert player.process.wait(90) == 0, player.log()
         time.sleep(3.0)  # the node finishes its last frame and reports once more
         assert procs.stop(recorder) == 0, recorder.log()
