@@ -40,6 +40,7 @@ from torch import Tensor
 
 from dsac_ros.device import resolve_device
 from dsac_ros.dsac.config import EstimatorConfig, ScoreFn, Selection
+from dsac_ros.dsac.refinement import still_active
 from dsac_ros.dsac.rgbd import DepthCells
 from dsac_ros.dsac.sampling import sample_minimal_sets, uniform
 from dsac_ros.geometry.camera import cell_centers, check_intrinsics
@@ -334,13 +335,10 @@ def refine_hypotheses(T_cw_bk44: Tensor, frame: _Frame, config: EstimatorConfig,
     for _ in range(config.refinement_steps):  # over refinement rounds, not hypotheses
         with torch.no_grad():
             err = _error_maps(T.detach(), frame, config.max_reprojection_error_px)
-            cells, weights, count = _select_refinement_set(err, priority_bm, config)
-            active_bk = active_bk & (count >= config.min_refinement_inliers)
-            if config.stop_when_inliers_unchanged:
-                inlier_bkm = err < config.inlier_threshold_px
-                if previous_bkm is not None:
-                    active_bk = active_bk & (inlier_bkm != previous_bkm).any(dim=-1)
-                previous_bkm = inlier_bkm
+            cells, weights, _ = _select_refinement_set(err, priority_bm, config)
+            active_bk, previous_bkm = still_active(
+                active_bk, err < config.inlier_threshold_px, previous_bkm,
+                config.min_refinement_inliers, config.stop_when_inliers_unchanged)
             idx = torch.nonzero(active_bk.reshape(-1)).squeeze(1)
         if idx.numel() == 0:
             break
