@@ -2,11 +2,12 @@
 
 ros2 launch dsac_ros relocalize.launch.py \
     [params_file:=<yaml>] [model_path:=<.pt>] [image_topic:=...] [camera_info_topic:=...]
+    [depth_topic:=/camera/aligned_depth_to_color/image_raw]
 
-model_path, image_topic and camera_info_topic, when given, set the node's parameters of the same
-name over params_file (empty: the file's value). The topics are parameters, not remappings, so
-they hold whatever the file says and with compressed_input (the node then reads
-<image_topic>/compressed).
+model_path, image_topic, camera_info_topic and depth_topic (RGB-D), when given, set the node's
+parameters of the same name over params_file (empty: the file's value). The topics are
+parameters, not remappings, so they hold whatever the file says and with compressed_input (the
+node then reads <image_topic>/compressed).
 """
 
 import os
@@ -18,7 +19,7 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 # Launch arguments that override the parameter of the same name when not empty.
-OVERRIDES = ('model_path', 'image_topic', 'camera_info_topic')
+OVERRIDES = ('model_path', 'image_topic', 'camera_info_topic', 'depth_topic')
 
 
 def _node(context):
@@ -49,5 +50,9 @@ def generate_launch_description() -> LaunchDescription:
             'camera_info_topic', default_value='',
             description='Camera calibration topic (sensor_msgs/CameraInfo); empty: from '
                         'params_file'),
+        DeclareLaunchArgument(
+            'depth_topic', default_value='',
+            description='Depth registered to colour (RGB-D, e.g. /camera/aligned_depth_to_color/'
+                        'image_raw); empty: from params_file (there empty: RGB only)'),
         OpaqueFunction(function=_node),
     ])

@@ -1,6 +1,7 @@
 """End-to-end demo: synthetic camera -> relocalize_node -> recorded poses -> accuracy report.
 
     dsac_demo [--out demo_out] [--model PATH] [--frames N] [--rate 15] [--device auto]
+        [--depth [--depth-noise 0.01]]
 
 argparse -> DemoConfig -> `dsac_ros.demo.run.run_demo` (see there for what runs), then the
 report is printed. All children are stopped (SIGINT first) on success, error or Ctrl-C.
@@ -31,12 +32,20 @@ def parse_args(argv: list[str] | None = None) -> DemoConfig:
                    help="the node's inlier threshold in px (0: the checkpoint's)")
     p.add_argument('--scoring', default='auto', choices=[x.value for x in Scoring],
                    help='hypothesis scores (auto: what the checkpoint records)')
+    p.add_argument('--depth', action='store_true',
+                   help='also an RGB-D node on the same frames (the player publishes depth): '
+                        'RGB and RGB-D side by side')
+    p.add_argument('--depth-noise', type=float, default=0.01,
+                   help='relative depth noise per pixel (0.01 = 1 %% of the range)')
     a = p.parse_args(argv)
     if a.rate <= 0 or a.frames < 0:
         p.error('--rate must be > 0 and --frames >= 0')
+    if not 0.0 <= a.depth_noise < 1.0:
+        p.error('--depth-noise must be in [0, 1)')
     return DemoConfig(out_dir=a.out, model_path=a.model, frames=a.frames, rate_hz=a.rate,
                       device=a.device, num_threads=a.num_threads, keep_scene=a.keep_scene,
-                      inlier_threshold_px=a.inlier_threshold, scoring=a.scoring)
+                      inlier_threshold_px=a.inlier_threshold, scoring=a.scoring,
+                      depth=a.depth, depth_noise=a.depth_noise)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,14 +4,17 @@
                   [--selection ransac|softam|dsac|all] [--hypotheses 256] [--device auto]
                   [--out DIR] [--max-frames N] [--scoring auto|score_net|soft_inliers]
                   [--inlier-threshold PX] [--seed 0] [--threads N]
+                  [--depth [--depth-noise 0.01] [--inlier-threshold-cm 10]]
 
-The inlier threshold, soft-inlier beta, selection temperatures and the scoring default to the
+The inlier thresholds, soft-inlier beta, selection temperatures and the scoring default to the
 values stored in each checkpoint (what it was trained with; older files: 10 px at 640 px
-width, soft inliers); --inlier-threshold and --scoring override them.
+width, soft inliers); --inlier-threshold, --inlier-threshold-cm and --scoring override them.
 
 Several scenes: ``--scene a b c`` with one checkpoint per scene (``--checkpoint a.pt b.pt
 c.pt``) or one checkpoint for all. Prints tables shaped like the paper's Tables 1 and 2 (rows
 scenes, columns selection modes) and, with ``--out``, writes results.json and PNG plots.
+``--depth``: every mode also in RGB-D (depth registered to colour) on the same frames, side by
+side.
 Exit status: 0 on success, 2 on bad arguments, a missing scene or a bad checkpoint.
 """
 
@@ -57,6 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help='pose hypotheses per frame')
     parser.add_argument('--inlier-threshold', type=float, default=None,
                         help="inlier threshold tau in pixels (default: the checkpoint's)")
+    parser.add_argument('--depth', action='store_true',
+                        help="also localize in RGB-D mode from the scene's depth (registered to "
+                             'colour), beside RGB on the same frames')
+    parser.add_argument('--depth-noise', type=float, default=0.0,
+                        help='with --depth: relative std of Gaussian depth noise per pixel '
+                             '(0.01 = 1 %% of the range)')
+    parser.add_argument('--inlier-threshold-cm', type=float, default=None,
+                        help="RGB-D inlier threshold in cm (default: the checkpoint's, else 10)")
     parser.add_argument('--device', default='auto', help="'auto', 'cpu' or 'cuda'")
     parser.add_argument('--precision', default='auto', choices=[p.value for p in NetworkPrecision],
                         help='network arithmetic')
@@ -88,10 +99,13 @@ def parse_args(argv: list[str] | None = None) -> EvaluateCommand:
         overrides = {'num_hypotheses': args.hypotheses, 'seed': args.seed}
         if args.inlier_threshold is not None:
             overrides['inlier_threshold_px'] = args.inlier_threshold
+        if args.inlier_threshold_cm is not None:
+            overrides['inlier_threshold_cm'] = args.inlier_threshold_cm
         config = EvaluationConfig(split=args.split, selections=selections,
                                   estimator_overrides=overrides, device=args.device,
                                   max_frames=args.max_frames, scoring=args.scoring,
-                                  precision=args.precision, progress=not args.no_progress)
+                                  precision=args.precision, progress=not args.no_progress,
+                                  depth=args.depth, depth_noise=args.depth_noise)
     except ValueError as exc:
         parser.error(str(exc))
     if args.threads is not None and args.threads < 1:

@@ -57,6 +57,8 @@ class ModelSettings:
         scoring: SCORE_NET or SOFT_INLIERS, the scoring the model is deployed with.
         amp_dtype: autocast dtype of the coordinate network in training ('bfloat16',
             'float16') or None (float32); the relocalizer runs bf16 only for bf16 models.
+        inlier_threshold_cm: the RGB-D mode's 3D inlier threshold (cm) the model was trained
+            with; None: not recorded (the estimator's default applies).
     The Score CNN's own input scaling (error clamp, its soft-inlier feature's threshold and
     beta) is part of its config, stored with its weights.
     """
@@ -67,6 +69,7 @@ class ModelSettings:
     soft_inlier_alpha: float = EstimatorConfig.soft_inlier_alpha
     scoring: Scoring = Scoring.SOFT_INLIERS
     amp_dtype: str | None = None
+    inlier_threshold_cm: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, 'scoring', Scoring(self.scoring))
@@ -75,11 +78,19 @@ class ModelSettings:
         self.apply(EstimatorConfig())  # validates the numbers
 
     def apply(self, config: EstimatorConfig) -> EstimatorConfig:
-        """`config` with this model's threshold, beta and temperatures."""
-        return replace(config, inlier_threshold_px=float(self.inlier_threshold_px),
-                       soft_inlier_beta=float(self.soft_inlier_beta),
-                       score_alpha=float(self.score_alpha),
-                       soft_inlier_alpha=float(self.soft_inlier_alpha))
+        """`config` with this model's thresholds, beta and temperatures (the RGB-D threshold
+        where recorded)."""
+        config = replace(config, inlier_threshold_px=float(self.inlier_threshold_px),
+                         soft_inlier_beta=float(self.soft_inlier_beta),
+                         score_alpha=float(self.score_alpha),
+                         soft_inlier_alpha=float(self.soft_inlier_alpha))
+        return self.fill_unset(config)
+
+    def fill_unset(self, config: EstimatorConfig) -> EstimatorConfig:
+        """`config` with its unset (None) RGB-D threshold taken from this model."""
+        if config.inlier_threshold_cm is None and self.inlier_threshold_cm is not None:
+            config = replace(config, inlier_threshold_cm=float(self.inlier_threshold_cm))
+        return config
 
     def use_score_net(self, scoring: Scoring | str = Scoring.AUTO) -> bool:
         """Whether to score with the Score CNN: ``scoring`` unless AUTO, else the model's."""
@@ -99,8 +110,9 @@ def read_model_settings(metadata: Mapping[str, Any] | None,
     """The `ModelSettings` of a checkpoint from its metadata and input size (height, width).
 
     Without the key (older checkpoints): tau = `default_inlier_threshold_px(width)`, the
-    defaults otherwise, and the amp dtype from the older 'precision' / 'amp_dtype' /
-    'autocast' entries. Unknown fields are ignored; a malformed entry raises ValueError.
+    defaults otherwise, the amp dtype from the older 'precision' / 'amp_dtype' / 'autocast'
+    entries and the RGB-D threshold from an 'inlier_threshold_cm' entry. Unknown fields are
+    ignored; a malformed entry raises ValueError.
     """
     metadata = dict(metadata or {})
     raw = metadata.get(MODEL_SETTINGS_KEY)
@@ -108,8 +120,12 @@ def read_model_settings(metadata: Mapping[str, Any] | None,
         legacy = ' '.join(str(metadata.get(k, '')).lower()
                           for k in ('precision', 'amp_dtype', 'autocast'))
         amp = 'bfloat16' if ('bf16' in legacy or 'bfloat16' in legacy) else None
+        try:
+            cm = float(metadata['inlier_threshold_cm'])
+        except (KeyError, TypeError, ValueError):
+            cm = None
         return ModelSettings(inlier_threshold_px=default_inlier_threshold_px(image_size[1]),
-                             amp_dtype=amp)
+                             amp_dtype=amp, inlier_threshold_cm=cm)
     try:
         values = json.loads(raw) if isinstance(raw, str) else dict(raw)
         known = {f.name for f in fields(ModelSettings)}

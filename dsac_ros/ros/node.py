@@ -10,6 +10,12 @@ Topics (names are parameters; defaults shown):
   in  ``/camera/camera_info`` sensor_msgs/CameraInfo: K (fx, fy, cx, cy) of the raw image; a
       non-zero D (plumb_bob, rational_polynomial, equidistant) is undone before localizing.
       Without camera_info the model's training intrinsics are used (warned once).
+  in  ``depth_topic`` (empty: none, RGB only) sensor_msgs/Image: depth registered to the colour
+      image (``aligned_depth_to_color``), 16UC1 mm or 32FC1 m, 0 / NaN invalid, any resolution
+      of the image's aspect, same QoS as the image. Each image is paired with the depth image
+      of its stamp (nearest within depth_stamp_tolerance_s, waiting up to depth_wait_s for a
+      late one) and localized in RGB-D mode (Kabsch hypotheses, 3D inliers); a frame without
+      usable depth is localized with RGB and the reason counted.
   out ``/camera_pose`` geometry_msgs/PoseStamped: the camera (OpenCV optical frame: x right,
       y down, z forward) in ``map_frame``, i.e. camera-to-world T_wc; stamp = image stamp.
   out ``/camera_pose_with_covariance`` geometry_msgs/PoseWithCovarianceStamped: same pose, the
@@ -24,7 +30,11 @@ Topics (names are parameters; defaults shown):
       stamp_to_publish_ms (image stamp -> publish, same clock assumed), transport_ms (image
       stamp -> receive), queue_ms (receive -> start of processing), decode_ms (decode +
       undistort), preprocess_ms (resize to the model's input), network_ms, estimator_ms,
-      publish_ms, mean_latency_ms (all milliseconds).
+      publish_ms, mean_latency_ms (all milliseconds); with a depth_topic also last_mode ('rgb'
+      or 'rgbd': which mode produced the last pose), poses_rgbd, poses_rgb, depth_received,
+      and the RGB fallbacks by reason: depth_fallback_no_depth (no depth of that stamp),
+      depth_fallback_bad_depth (encoding, size; logged), depth_fallback_invalid_depth (too few
+      valid depth cells). The status message names the mode ('localized (rgbd)').
       Level WARN when the last frame gave no pose, ERROR when it was rejected, STALE before
       the first frame.
 
@@ -69,7 +79,14 @@ from dsac_ros.ros.parameters import (
     current_settings,
     declare_parameters,
 )
-from dsac_ros.ros.pipeline import FramePipeline, FrameResult, LatestSlot, ReceivedFrame
+from dsac_ros.ros.pipeline import (
+    DepthFallback,
+    FramePipeline,
+    FrameResult,
+    LatestSlot,
+    ReceivedFrame,
+)
+from dsac_ros.ros.stamp_match import StampMatcher
 from dsac_ros.ros.tf_broadcaster import TransformBroadcaster
 
 NODE_NAME = 'relocalize_node'
@@ -122,7 +139,9 @@ class _Stats:
         self.published = 0
         self.without_pose = 0
         self.latency_sum_ms = 0.0
-        self.last: dict[str, float] = {}
+        self.poses_by_mode = {'rgb': 0, 'rgbd': 0}
+        self.depth_fallbacks = dict.fromkeys((f.value for f in DepthFallback), 0)
+        self.last: dict[str, float | str] = {}
         self.level = DiagnosticStatus.STALE
         self.message = 'no frame yet'
 
@@ -132,7 +151,7 @@ class RelocalizeNode(Node):
 
     Args:
         relocalizer: a `dsac_ros.relocalizer.Relocalizer`, or an object with its
-            ``localize(image_rgb_hw3, K_33 or None)``, ``estimator_config`` and
+            ``localize(image_rgb_hw3, K_33 or None[, depth_m])``, ``estimator_config`` and
             ``set_estimator_config(config)``; loaded from the model_path parameter when None
             (tests and benchmarks can pass their own). The node's estimator parameters are
             applied to it at start and whenever they change.
@@ -157,8 +176,11 @@ class RelocalizeNode(Node):
         self._relocalizer = (relocalizer if relocalizer is not None
                              else load_relocalizer(s, self.get_logger()))
         self._apply_estimator_settings()
-        self._pipeline = FramePipeline(self._relocalizer)
+        self._pipeline = FramePipeline(self._relocalizer, expects_depth=bool(s.depth_topic))
         self._slot: LatestSlot[ReceivedFrame] = LatestSlot()
+        # RGB-D: depth images by stamp, paired with each image in the worker.
+        self._depth: StampMatcher | None = StampMatcher() if s.depth_topic else None
+        self._depth_received = 0
         self._stats = _Stats()
         self._camera_info: CameraInfo | None = None
         self._stop = threading.Event()
@@ -177,6 +199,8 @@ class RelocalizeNode(Node):
             self._image_topic = s.image_topic
             self.create_subscription(Image, self._image_topic, self._on_image, qos)
         self.create_subscription(CameraInfo, s.camera_info_topic, self._on_camera_info, qos)
+        if s.depth_topic:
+            self.create_subscription(Image, s.depth_topic, self._on_depth, qos)
 
         self._pose_pub = self.create_publisher(PoseStamped, s.pose_topic, 10)
         self._pose_cov_pub = self.create_publisher(
@@ -189,8 +213,9 @@ class RelocalizeNode(Node):
 
         self._worker = threading.Thread(target=self._work, name='relocalize_worker', daemon=True)
         self._worker.start()
+        depth = f' + depth {s.depth_topic} (RGB-D)' if s.depth_topic else ' (RGB)'
         self.get_logger().info(
-            f'listening on {self._image_topic} + {s.camera_info_topic} '
+            f'listening on {self._image_topic} + {s.camera_info_topic}{depth} '
             f'({s.input_reliability}); publishing {s.pose_topic} in frame {s.map_frame!r}')
 
     # -- parameters ----------------------------------------------------------------------------
@@ -221,6 +246,10 @@ class RelocalizeNode(Node):
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         self._camera_info = msg
+
+    def _on_depth(self, msg: Image) -> None:
+        self._depth_received += 1
+        self._depth.add(stamp_to_ns(msg.header.stamp), msg)
 
     def _on_image(self, msg: Image | CompressedImage) -> None:
         self._slot.put(ReceivedFrame(msg=msg, camera_info=self._camera_info,
@@ -257,8 +286,16 @@ class RelocalizeNode(Node):
                 f'no camera_info received on {self.settings.camera_info_topic}: using the '
                 "model's training intrinsics", once=True)
         queue_ms = 1e3 * (time.monotonic() - frame.received_monotonic)
-        result = self._pipeline.process(frame.msg, frame.camera_info)
+        depth_msg = None
+        if self._depth is not None:
+            s = self.settings
+            depth_msg = self._depth.match(stamp_to_ns(frame.msg.header.stamp),
+                                          int(round(s.depth_stamp_tolerance_s * 1e9)),
+                                          s.depth_wait_s)
+        result = self._pipeline.process(frame.msg, frame.camera_info, depth_msg)
         result.timings_ms['queue'] = queue_ms
+        if result.depth_fallback is not None:
+            self._warn_depth_fallback(result)
         if result.error is not None:
             with self._stats.lock:
                 self._stats.rejected += 1
@@ -293,18 +330,39 @@ class RelocalizeNode(Node):
             'estimator_ms': result.timings_ms.get('estimator', float('nan')),
             'publish_ms': publish_ms,
         }
+        mode = result.mode.value
+        if self._depth is not None:
+            last['last_mode'] = mode
         with self._stats.lock:
             st = self._stats
             st.processed += 1
             st.latency_sum_ms += latency_ms
             st.last = last
+            if result.depth_fallback is not None:
+                st.depth_fallbacks[result.depth_fallback.value] += 1
             if has_pose:
                 st.published += 1
-                st.level, st.message = DiagnosticStatus.OK, 'localized'
+                st.poses_by_mode[mode] += 1
+                st.level = DiagnosticStatus.OK
+                st.message = 'localized' if self._depth is None else f'localized ({mode})'
+                if result.depth_fallback is not None:
+                    st.message += f', {result.depth_fallback.value}'
             else:
                 st.without_pose += 1
                 st.level = DiagnosticStatus.WARN
                 st.message = f'no pose (fewer than {self.settings.min_inliers} inliers)'
+
+    def _warn_depth_fallback(self, result: FrameResult) -> None:
+        reason = result.depth_fallback
+        if reason is DepthFallback.NO_DEPTH:
+            s = self.settings
+            text = (f'no depth on {s.depth_topic} within {1e3 * s.depth_stamp_tolerance_s:g} ms '
+                    'of the image stamp')
+        else:
+            text = f'depth not usable: {result.depth_error}'
+        # throttled per kind of problem: each bad encoding / size / ... shows
+        self._warn_throttled(f'{reason.value}: {result.depth_error}',
+                             f'{text}; localizing with RGB')
 
     def _warn_throttled(self, reason: str, text: str) -> None:
         """At most one warning per kind of problem (its text up to the first digit) per
@@ -331,11 +389,11 @@ class RelocalizeNode(Node):
 
     # -- diagnostics (executor thread) ---------------------------------------------------------
 
-    def counters(self) -> dict[str, float]:
+    def counters(self) -> dict[str, float | str]:
         """Counters and the last frame's numbers (what /diagnostics reports)."""
         with self._stats.lock:
             st = self._stats
-            values: dict[str, float] = {
+            values: dict[str, float | str] = {
                 'frames_received': self._slot.received,
                 'frames_dropped': self._slot.dropped,
                 'frames_processed': st.processed,
@@ -345,6 +403,11 @@ class RelocalizeNode(Node):
                 'frames_without_pose': st.without_pose,
                 'mean_latency_ms': st.latency_sum_ms / st.processed if st.processed else 0.0,
             }
+            if self._depth is not None:
+                values['depth_received'] = self._depth_received
+                values.update({f'poses_{mode}': n for mode, n in st.poses_by_mode.items()})
+                values.update({f'depth_fallback_{reason}': n
+                               for reason, n in st.depth_fallbacks.items()})
             values.update(st.last)
             return values
 
@@ -366,6 +429,9 @@ class RelocalizeNode(Node):
         slot = getattr(self, '_slot', None)
         if slot is not None:
             slot.close()
+        depth = getattr(self, '_depth', None)
+        if depth is not None:
+            depth.close()
         worker = getattr(self, '_worker', None)
         if worker is not None and worker.is_alive():
             worker.join(timeout=10.0)

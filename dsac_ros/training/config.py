@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from dsac_ros.dsac import Selection
+from dsac_ros.dsac.config import DEFAULT_INLIER_THRESHOLD_CM
 from dsac_ros.models.scene_coordinate_net import SceneCoordinateNetConfig
 
 
@@ -164,6 +165,11 @@ class EndToEndStageConfig:
     network at its output is clamped to +- this (per mm for coordinates, per score unit for the
     Score CNN), as in the paper. augment: in-plane rotation (+-5 deg) and zoom (+-10 %) of
     each image with K and pose to match, plus brightness / contrast (`data.augment`).
+    depth: through the estimator's RGB-D mode instead (Kabsch hypotheses from 3 cells, 3D
+    inliers within ``inlier_threshold_cm``), with the depth of the training frames (the z of
+    their scene-coordinate targets); needs a scene with depth. ``inlier_threshold_cm`` is
+    also what the checkpoint's model settings carry as the model's RGB-D threshold. (No
+    augmentation with depth: the cell depths are not warped.)
     """
 
     budget: Budget = Budget(iterations=300)
@@ -176,12 +182,16 @@ class EndToEndStageConfig:
     num_hypotheses: int = 256
     train_score: bool = True
     augment: bool = False
+    depth: bool = False
+    inlier_threshold_cm: float = DEFAULT_INLIER_THRESHOLD_CM
 
     def __post_init__(self) -> None:
         if not isinstance(self.selection, Selection):
             object.__setattr__(self, 'selection', Selection(self.selection))
         if self.selection is Selection.RANSAC:
             raise ValueError('end-to-end training needs selection dsac or softam, not ransac')
+        if not 0.0 < float(self.inlier_threshold_cm) < float('inf'):
+            raise ValueError(f'inlier_threshold_cm must be > 0, got {self.inlier_threshold_cm}')
 
 
 @dataclass(frozen=True)

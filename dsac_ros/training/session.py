@@ -341,7 +341,8 @@ def prune_log(session: Session) -> None:
 
 def model_settings(session: Session) -> ModelSettings:
     """The estimator settings this run trains with and its model is deployed with
-    (`dsac_ros.dsac.settings`): tau from the config, else the paper's at the image width."""
+    (`dsac_ros.dsac.settings`): tau from the config, else the paper's at the image width; the
+    RGB-D threshold of the end-to-end stage."""
     config = session.config
     tau = config.inlier_threshold_px
     if tau is None:
@@ -349,7 +350,8 @@ def model_settings(session: Session) -> ModelSettings:
     amp = session.runtime.amp_dtype
     return ModelSettings(inlier_threshold_px=tau, soft_inlier_beta=config.soft_inlier_beta,
                          scoring=session.scoring,
-                         amp_dtype=None if amp is None else str(amp).replace('torch.', ''))
+                         amp_dtype=None if amp is None else str(amp).replace('torch.', ''),
+                         inlier_threshold_cm=config.e2e.inlier_threshold_cm)
 
 
 def metadata(session: Session) -> dict[str, Any]:
@@ -358,6 +360,7 @@ def metadata(session: Session) -> dict[str, Any]:
             **model_settings_metadata(model_settings(session))}
     if Stage.E2E.value in session.completed:
         meta['e2e_selection'] = session.config.e2e.selection.value
+        meta['e2e_depth'] = session.config.e2e.depth
     if session.result is not None:
         meta.update(session.result.validation)
     # A synthetic scene's recipe travels with the model, so the demo can re-render its test loop.

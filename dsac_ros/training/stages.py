@@ -268,12 +268,14 @@ def end_to_end_loss(coord_net: nn.Module, score_net: ScoreNet | None,
                     images_b3hw: Tensor, K_b33: Tensor, T_cw_gt_b44: Tensor,
                     estimator: EstimatorConfig, grad_clamp: float,
                     generator: torch.Generator | None, runtime: Runtime | None = None,
-                    stats: dict[str, float] | None = None) -> Tensor:
+                    stats: dict[str, float] | None = None,
+                    depth_bhw: Tensor | None = None) -> Tensor:
     """Expected pose loss (deg / cm, paper Eq. 7 / SoftAM Eq. 4) of a batch of images.
 
     coord_net: any network mapping images (B, 3, H, W) in [0, 1] to scene coordinates
     (B, 3, H/s, W/s) in metres with a ``stride`` attribute s. K_b33: (B, 3, 3) or (3, 3)
-    pixels; T_cw_gt_b44 (B, 4, 4) world-to-camera. The gradient reaching the coordinate net is
+    pixels; T_cw_gt_b44 (B, 4, 4) world-to-camera; depth_bhw: (B, H/s, W/s) cell depths in
+    metres for the RGB-D estimator (None: RGB). The gradient reaching the coordinate net is
     taken per millimetre (`COORD_GRAD_UNIT_M`) and, like the one reaching the Score CNN,
     clamped to +- grad_clamp; ``stats`` receives the coordinate gradient's norm and clamp share
     (`clamp_hook`).
@@ -289,8 +291,10 @@ def end_to_end_loss(coord_net: nn.Module, score_net: ScoreNet | None,
     score_fn = None if score_net is None else clamped_score_fn(score_net, grad_clamp)
     B = pred.shape[0]
     K_b33 = K_b33.to(pred).expand(B, 3, 3)
+    if depth_bhw is not None:
+        depth_bhw = depth_bhw.to(pred)
     return expected_pose_loss(pred, K_b33, T_cw_gt_b44.to(pred), estimator, score_fn,
-                              generator, stride=coord_net.stride)
+                              generator, stride=coord_net.stride, depth_bhw=depth_bhw)
 
 
 def augmented_batch(session: Session, idx: Tensor, generator: torch.Generator
@@ -344,15 +348,22 @@ def train_e2e(session: Session) -> None:
     else:
         _LOG.warning('stage e2e without a score net: scoring by soft inlier count, only the '
                      'coordinate net learns')
+    if cfg.depth and data.coords_b3hw is None:
+        raise ValueError(f'end-to-end RGB-D training needs depth; {session.config.scene} has '
+                         'none (or use_depth is off)')
+    if cfg.depth and cfg.augment:
+        raise ValueError('end-to-end augmentation is RGB only (cell depths are not warped)')
     settings = model_settings(session)
     estimator = settings.apply(EstimatorConfig(selection=cfg.selection,
                                                num_hypotheses=cfg.num_hypotheses,
-                                               seed=session.config.seed))
+                                               seed=session.config.seed,
+                                               inlier_threshold_cm=cfg.inlier_threshold_cm))
     generator = stage_generator(session, Stage.E2E)
     K = data.K_33.to(runtime.device, torch.float32)
-    _LOG.info('stage e2e (%s): %d frame(s) per step, %d hypotheses, tau %g px, %s, %s, '
-              'budget %s', cfg.selection.value, cfg.frames_per_step, cfg.num_hypotheses,
-              estimator.inlier_threshold_px,
+    _LOG.info('stage e2e (%s, %s): %d frame(s) per step, %d hypotheses, tau %g px, %s, %s, '
+              'budget %s', cfg.selection.value,
+              f'RGB-D, {cfg.inlier_threshold_cm:g} cm' if cfg.depth else 'RGB',
+              cfg.frames_per_step, cfg.num_hypotheses, estimator.inlier_threshold_px,
               'soft inliers' if score_net is None else 'Score CNN',
               'augmented' if cfg.augment else 'no augmentation', cfg.budget)
 
@@ -363,9 +374,10 @@ def train_e2e(session: Session) -> None:
         else:
             images, K_b33, T_cw = batch_images(session, idx, False, generator), K, \
                 data.T_cw_b44[idx]
+        depth = data.cell_depths(idx) if cfg.depth else None
         stats: dict[str, float] = {}
         loss = end_to_end_loss(coord_net, score_net, images, K_b33, T_cw, estimator,
-                               cfg.grad_clamp, generator, runtime, stats)
+                               cfg.grad_clamp, generator, runtime, stats, depth_bhw=depth)
         for o in optims:
             o.optimizer.zero_grad(set_to_none=True)
         loss.backward()
