@@ -44,7 +44,7 @@ import statistics
 import sys
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from suite import _call, _mean_spread  # noqa: E402  (benchmarks/ is not a package)
+from suite import _call, _mean_spread, write_summary  # noqa: E402  (not a package)
 
 from dsac_ros.data.benchmark_scenes import (  # noqa: E402
     BENCHMARK_SUITE,
@@ -227,7 +227,7 @@ def tables(rows: list[dict]) -> str:
     if not rows:
         return 'no finished runs\n'
     out = ['### % of test frames within 5 cm / 5 deg (mean over seeds, min-max in brackets; '
-           "delta against componentwise, * where it exceeds the seeds' spread)\n",
+           "delta against componentwise, * where it exceeds the seeds' spread (>= 2 seeds))\n",
            '| scene | model | scoring | seeds | RANSAC | SoftAM | DSAC | median (best) | '
            'e2e loss first -> last | grad norm / mm | clamped |',
            '|' + '---|' * 11]
@@ -248,7 +248,8 @@ def tables(rows: list[dict]) -> str:
                     if model != 'componentwise' and values and reference:
                         delta = statistics.fmean(values) - statistics.fmean(reference)
                         spread = max(values) - min(values)
-                        text += f' ({delta:+.1f}{"*" if abs(delta) > spread else ""})'
+                        beyond = len(values) > 1 and abs(delta) > spread
+                        text += f' ({delta:+.1f}{"*" if beyond else ""})'
                     cells.append(text)
                 best = max(MODES, key=lambda m: statistics.fmean(_cell(sel, m) or [-1.0]))
                 median = _mean_spread([100 * r['modes'][best]['median_translation_m']
@@ -273,15 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s: %(message)s')
     args = parse_args(argv)
     rows = collect(args)
-    report = args.out / args.tag
-    report.mkdir(parents=True, exist_ok=True)
-    markdown = tables(rows)
-    (report / 'summary.md').write_text(markdown)
-    (report / 'summary.json').write_text(json.dumps(
-        {'tag': args.tag, 'train_args': args.train_args, 'eval_args': args.eval_args,
-         'e2e_iterations': args.e2e_iterations, 'e2e_minutes': args.e2e_minutes,
-         'rows': rows}, indent=1) + '\n')
-    print(markdown)
+    write_summary(args.out / args.tag, tables(rows), {
+        'tag': args.tag, 'train_args': args.train_args, 'eval_args': args.eval_args,
+        'e2e_iterations': args.e2e_iterations, 'e2e_minutes': args.e2e_minutes, 'rows': rows})
     return 0 if rows else 1
 
 

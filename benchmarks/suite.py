@@ -282,20 +282,24 @@ def tables(rows: list[dict]) -> str:
     return '\n'.join(out) + '\n'
 
 
+def write_summary(report: Path, markdown: str, payload: dict) -> Path:
+    """summary.md and summary.json into ``report`` (created), the markdown also on stdout."""
+    report.mkdir(parents=True, exist_ok=True)
+    (report / 'summary.md').write_text(markdown)
+    (report / 'summary.json').write_text(json.dumps(payload, indent=1) + '\n')
+    print(markdown)
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s: %(message)s')
     args = parse_args(argv)
     runs = plan(args, scene_roots(args))
     done = [run for run in runs if execute(run, args)]
     rows = [run_row(run) for run in done]
-    report = args.out / args.tag
-    report.mkdir(parents=True, exist_ok=True)
-    markdown = tables(rows)
-    (report / 'summary.md').write_text(markdown)
-    (report / 'summary.json').write_text(json.dumps(
-        {'tag': args.tag, 'train_args': args.train_args, 'eval_args': args.eval_args,
-         'runs': rows}, indent=1) + '\n')
-    print(markdown)
+    report = write_summary(args.out / args.tag, tables(rows), {
+        'tag': args.tag, 'train_args': args.train_args, 'eval_args': args.eval_args,
+        'runs': rows})
     LOGGER.info('%d of %d runs finished; tables in %s', len(done), len(runs), report)
     return 0 if len(done) == len(runs) else 1
 

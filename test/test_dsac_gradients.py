@@ -71,6 +71,26 @@ def test_gradient_reaches_coordinates_and_score_parameters(selection):
             assert float(p.grad.abs().sum()) > 0, name
 
 
+def _check_against_central_differences(case, config, score, h, tolerance):
+    """Autograd d E[loss] / d scene coordinates against central differences of the loss
+    computed without autograd, on the 4 entries with the largest gradient (inlier cells that
+    drive the loss) and 4 random ones; within `tolerance` of the largest entry."""
+    coords = case.scene_coords_b3hw.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(_loss(coords, case, config, score), coords)
+    flat = grad.abs().flatten()
+    assert bool(torch.isfinite(grad).all()) and float(flat.max()) > 0
+    perm = torch.randperm(flat.numel(), generator=torch.Generator().manual_seed(0))
+    for idx in torch.cat([flat.topk(4).indices, perm[:4]]).tolist():
+        plus = case.scene_coords_b3hw.clone()
+        minus = case.scene_coords_b3hw.clone()
+        plus.view(-1)[idx] += h
+        minus.view(-1)[idx] -= h
+        with torch.no_grad():
+            up, down = _loss(plus, case, config, score), _loss(minus, case, config, score)
+        numeric, analytic = float((up - down) / (2 * h)), float(grad.reshape(-1)[idx])
+        assert abs(numeric - analytic) <= tolerance * float(flat.max()), (idx, numeric, analytic)
+
+
 @pytest.mark.parametrize('selection', [Selection.DSAC, Selection.SOFTAM])
 @pytest.mark.parametrize('learned', [False, True], ids=['soft_inliers', 'score_net'])
 def test_gradient_matches_central_differences(selection, learned):
@@ -79,28 +99,8 @@ def test_gradient_matches_central_differences(selection, learned):
     case = _small_case(seed=1)
     config = _config(selection)
     score = TinyScore() if learned else None
-    coords = case.scene_coords_b3hw.clone().requires_grad_(True)
-    loss = _loss(coords, case, config, score)
-    (grad,) = torch.autograd.grad(loss, coords)
-    assert bool(torch.isfinite(grad).all())
-    # the entries with the largest gradient (inlier cells that drive the loss) and a few random
-    flat = grad.abs().flatten()
-    perm = torch.randperm(flat.numel(), generator=torch.Generator().manual_seed(0))
-    picks = torch.cat([flat.topk(4).indices, perm[:4]])
-    h = 1e-6
-    for idx in picks.tolist():
-        plus = case.scene_coords_b3hw.clone()
-        minus = case.scene_coords_b3hw.clone()
-        plus.view(-1)[idx] += h
-        minus.view(-1)[idx] -= h
-        with torch.no_grad():
-            up, down = _loss(plus, case, config, score), _loss(minus, case, config, score)
-        numeric = (up - down) / (2 * h)
-        analytic = grad.reshape(-1)[idx]
-        # the refinement's implicit gradient: Gauss-Newton steps (0.3 % here, `_TAPED_STEPS`)
-        assert abs(float(numeric - analytic)) <= 0.01 * float(flat.max()), (
-            idx, float(numeric), float(analytic))
-    assert float(flat.max()) > 0
+    # the refinement's implicit gradient: Gauss-Newton steps (0.3 % here, `_TAPED_STEPS`)
+    _check_against_central_differences(case, config, score, h=1e-6, tolerance=0.01)
 
 
 def _deployed_case():
@@ -127,27 +127,8 @@ def test_gradient_matches_central_differences_at_the_deployed_threshold(selectio
         score = ScoreNet(ScoreNetConfig.for_threshold(tau, config.soft_inlier_beta,
                                                       output_scale=100.0)).double()
         score = score.score_fn
-    coords = case.scene_coords_b3hw.clone().requires_grad_(True)
-    loss = _loss(coords, case, config, score)
-    (grad,) = torch.autograd.grad(loss, coords)
-    assert bool(torch.isfinite(grad).all()) and float(grad.abs().max()) > 0
-    # the entries with the largest gradient (inlier cells that drive the loss) and a few random
-    flat = grad.abs().flatten()
-    perm = torch.randperm(flat.numel(), generator=torch.Generator().manual_seed(0))
-    picks = torch.cat([flat.topk(4).indices, perm[:4]])
-    h = 1e-5  # metres; moves a reprojection by ~1e-3 px, no inlier changes side of tau
-    scale = float(flat.max())
-    for idx in picks.tolist():
-        plus = case.scene_coords_b3hw.clone()
-        minus = case.scene_coords_b3hw.clone()
-        plus.view(-1)[idx] += h
-        minus.view(-1)[idx] -= h
-        with torch.no_grad():
-            up, down = _loss(plus, case, config, score), _loss(minus, case, config, score)
-        numeric = float((up - down) / (2 * h))
-        analytic = float(grad.reshape(-1)[idx])
-        # the taped re-solve steps use the Gauss-Newton Hessian (`_TAPED_STEPS`)
-        assert abs(numeric - analytic) <= 0.01 * scale, (idx, numeric, analytic, scale)
+    # h in metres moves a reprojection by ~1e-3 px: no inlier changes side of tau
+    _check_against_central_differences(case, config, score, h=1e-5, tolerance=0.01)
 
 
 def test_score_parameter_gradient_matches_central_differences():

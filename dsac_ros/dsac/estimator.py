@@ -1,21 +1,23 @@
 """DSAC pose estimation from a scene-coordinate map (paper Sec. 2-3), batched over images and
 hypotheses.
 
-The pipeline is four stages, each a function of its own so that another hypothesis model
-(e.g. RGB-D) can reuse the selection and refinement skeleton:
-  1. `sample_hypotheses`: N minimal sets of 4 distinct valid cells per image (seeded
+The pipeline is four stages, each a function of its own, shared by inference (`DsacEstimator`)
+and training (`expected_pose_loss`); the RGB-D mode plugs into stages 1, 2 and 4:
+  1. `sample_hypotheses`: minimal sets of 4 distinct valid cells per image (seeded
      torch.Generator), P4P (`geometry.pnp.solve_p4p`); a set whose 4th point does not
-     reproject within tau under the P3P pose of the other three is rejected and redrawn (the
-     reference implementation's check), at most `max_draws_per_hypothesis` times;
+     reproject within tau under the P3P pose of the other three is rejected (the reference
+     implementation's check): 2N sets are solved in one batch and the first N consistent
+     ones are the pool;
   2. `score_hypotheses`: reprojection errors of every cell under every hypothesis (one batched
      matmul) -> scores by a `ScoreFn` (Score CNN) or the soft inlier count;
   3. `selection_logits` + selection: RANSAC argmax, SoftAM weighted average (Eq. 4), or DSAC
-     sampling (Eq. 6) from P = softmax(alpha s);
-  4. `refine_hypotheses` (paper Sec. 3): inliers (error < tau) of the current pose, a fresh
-     random subset of at most 100 of them, PnP re-solved on it (`geometry.pnp.resolve_pnp`),
-     up to 8 rounds, stopping once a pose has fewer than 50 inliers. The same function refines
-     the selected pose at inference and every hypothesis in `expected_pose_loss`, so training
-     sees the poses inference produces.
+     sampling (Eq. 6) from P = softmax(alpha s), alpha = 1 on Score CNN outputs (the paper's);
+  4. `refine_hypotheses` (paper Sec. 3): the inliers (error < tau) of the current pose, PnP
+     re-solved on them (`geometry.pnp.resolve_pnp`), up to 8 rounds, stopping once a pose has
+     fewer than 50 inliers or its inliers repeat. The paper re-solves on at most 100 random
+     inliers; all of them is a measured departure (`EstimatorConfig.max_refinement_inliers`).
+     The same function refines the selected pose at inference and every hypothesis in
+     `expected_pose_loss`, so training sees the poses inference produces.
 
 Speed (benchmarks/bench_estimator.py): the error maps of all hypotheses are one matmul plus a
 few in-place passes into scratch buffers kept per estimator and thread
