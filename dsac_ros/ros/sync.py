@@ -1,0 +1,260 @@
+"""Pairs messages of several streams by their header stamps, without ROS (numpy-free, any item).
+
+The relocalization node pairs each image with the CameraInfo of the same stamp (a calibration
+change then lands on its own frame, not on the next one); an RGB-D node adds a depth stream the
+same way. Like message_filters' synchronizers, pairing is by stamp, never by arrival order:
+
+* one **primary** stream drives the output (the colour image); every primary message is matched
+  with one message of each **secondary** stream (camera_info, depth, ...);
+* a secondary message with the primary's exact stamp matches at once; otherwise the nearest one
+  within ``tolerance_ns`` matches, decided as soon as that stream has delivered a message
+  stamped after the primary (streams are in stamp order, so no nearer one can come) or when the
+  primary has waited behind ``queue_size`` newer primaries;
+* a primary with no secondary within the tolerance is dropped and counted as unmatched, and so
+  is every secondary message that left the queue without ever being used;
+* an **optional** secondary stream that has delivered nothing yet (a camera without
+  camera_info) holds a primary only until the next primary arrives; the primary then goes out
+  with ``None`` for that stream. Once the stream has delivered, it is required like the others;
+* a secondary message may match several primaries (a camera_info published at a lower rate);
+* output is in stamp order: a matched primary drops the older primaries still waiting (counted
+  as unmatched), as message_filters' synchronizers do.
+
+Queues are bounded (``queue_size`` per stream), so a stream that stops cannot grow memory.
+Thread-safe: `add` may be called from several subscription callbacks at once.
+
+Example::
+
+    sync = StampSynchronizer('image', ['camera_info'], tolerance_ns=20_000_000,
+                             optional=['camera_info'])
+    for match in sync.add('camera_info', stamp_ns, info_msg):
+        use(match.items['image'], match.items['camera_info'])
+    for match in sync.add('image', stamp_ns, image_msg):
+        ...
+    sync.counts()  # SyncCounts(received=..., matched=..., unmatched=..., pending=...)
+"""
+
+from __future__ import annotations
+
+from bisect import insort
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+import threading
+from typing import Any
+
+__all__ = ['Matched', 'StampSynchronizer', 'SyncCounts']
+
+
+@dataclass(frozen=True)
+class Matched:
+    """One primary message with its secondaries.
+
+    Attributes:
+        stamp_ns: the primary's stamp (integer nanoseconds).
+        items: stream name -> item, the primary's under its own name; None for an optional
+            stream that had delivered nothing yet.
+        offsets_ns: secondary stream name -> its matched stamp minus ``stamp_ns`` (0 for an
+            exact match; absent for a None item).
+    """
+
+    stamp_ns: int
+    items: dict[str, Any]
+    offsets_ns: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SyncCounts:
+    """Counters of a `StampSynchronizer` (a snapshot).
+
+    Attributes:
+        received: stream -> messages added.
+        matched: primaries sent out with their secondaries.
+        unmatched: stream -> messages dropped without a match (primaries with no secondary
+            within the tolerance or behind a full queue; secondaries never used).
+        pending: stream -> messages waiting in the queue now.
+    """
+
+    received: dict[str, int]
+    matched: int
+    unmatched: dict[str, int]
+    pending: dict[str, int]
+
+
+@dataclass(order=True)
+class _Entry:
+    stamp_ns: int
+    seq: int
+    item: Any = field(compare=False)
+    used: bool = field(default=False, compare=False)
+
+
+class StampSynchronizer:
+    """Matches a primary stream with secondary streams by stamp (see the module doc).
+
+    Args:
+        primary: name of the stream that drives the output.
+        secondaries: names of the streams matched to each primary message (at least one).
+        tolerance_ns: largest |secondary stamp - primary stamp| accepted, nanoseconds; 0 asks
+            for exact stamps.
+        queue_size: messages kept per stream (>= 1): pending primaries and candidate
+            secondaries; the oldest pending primary is decided when a newer one overflows it.
+        optional: secondaries that do not hold primaries back until they first deliver.
+
+    Raises:
+        ValueError: no secondary, a repeated or unknown name, a negative tolerance or a
+            queue_size below 1.
+    """
+
+    def __init__(self, primary: str, secondaries: Sequence[str], tolerance_ns: int = 0,
+                 queue_size: int = 10, optional: Collection[str] = ()) -> None:
+        names = [primary, *secondaries]
+        if not secondaries:
+            raise ValueError('a synchronizer needs at least one secondary stream')
+        if len(set(names)) != len(names):
+            raise ValueError(f'stream names must differ, got {names}')
+        if not set(optional) <= set(secondaries):
+            raise ValueError(f'optional streams {sorted(set(optional) - set(secondaries))} are '
+                             f'not secondaries')
+        if tolerance_ns < 0:
+            raise ValueError(f'tolerance_ns must be >= 0, got {tolerance_ns}')
+        if queue_size < 1:
+            raise ValueError(f'queue_size must be >= 1, got {queue_size}')
+        self.primary = primary
+        self.secondaries = tuple(secondaries)
+        self.tolerance_ns = int(tolerance_ns)
+        self.queue_size = int(queue_size)
+        self.optional = frozenset(optional)
+        self._lock = threading.Lock()
+        self._queues: dict[str, list[_Entry]] = {name: [] for name in names}
+        self._seen: set[str] = set()
+        self._received = dict.fromkeys(names, 0)
+        self._unmatched = dict.fromkeys(names, 0)
+        self._matched = 0
+        self._seq = 0
+        self._last_primary_stamp: int | None = None
+
+    # -- public ------------------------------------------------------------------------------
+
+    def add(self, stream: str, stamp_ns: int, item: Any) -> list[Matched]:
+        """Adds one message; returns the primaries this completes, oldest first (often none or
+        one).
+
+        Raises:
+            KeyError: an unknown stream name.
+        """
+        with self._lock:
+            queue = self._queues[stream]
+            self._received[stream] += 1
+            self._seq += 1
+            insort(queue, _Entry(int(stamp_ns), self._seq, item))
+            out: list[Matched] = []
+            if stream == self.primary:
+                last = self._last_primary_stamp
+                self._last_primary_stamp = int(stamp_ns) if last is None else max(last,
+                                                                                   int(stamp_ns))
+                # A newer primary releases the ones waiting only for an unseen optional stream.
+                out += self._decide(force_count=max(0, len(queue) - self.queue_size))
+            else:
+                self._seen.add(stream)
+                out += self._decide()
+                if len(queue) > self.queue_size:
+                    self._discard(stream, queue.pop(0))
+            self._prune()
+            return out
+
+    def counts(self) -> SyncCounts:
+        with self._lock:
+            return SyncCounts(received=dict(self._received), matched=self._matched,
+                              unmatched=dict(self._unmatched),
+                              pending={k: len(q) for k, q in self._queues.items()})
+
+    def reset(self) -> None:
+        """Forgets every queued message (e.g. after time jumped back); counters are kept."""
+        with self._lock:
+            for name, queue in self._queues.items():
+                for entry in queue:
+                    self._discard(name, entry)
+                queue.clear()
+            self._seen.clear()
+            self._last_primary_stamp = None
+
+    # -- matching ----------------------------------------------------------------------------
+
+    def _discard(self, stream: str, entry: _Entry) -> None:
+        if stream == self.primary or not entry.used:
+            self._unmatched[stream] += 1
+
+    def _choose(self, stream: str, stamp_ns: int, force: bool, newest_primary: bool
+                ) -> tuple[bool, _Entry | None]:
+        """(decided, entry) for one secondary: entry None with decided True = no match
+        (or an unseen optional stream, the caller tells the two apart)."""
+        queue = self._queues[stream]
+        if stream not in self._seen and stream in self.optional:
+            return (not newest_primary or force), None
+        near = [e for e in queue if abs(e.stamp_ns - stamp_ns) <= self.tolerance_ns]
+        exact = next((e for e in near if e.stamp_ns == stamp_ns), None)
+        if exact is not None:
+            return True, exact
+        passed = bool(queue) and queue[-1].stamp_ns > stamp_ns
+        if not (passed or force):
+            return False, None
+        if not near:
+            return True, None
+        return True, min(near, key=lambda e: (abs(e.stamp_ns - stamp_ns), -e.stamp_ns))
+
+    def _decide(self, force_count: int = 0) -> list[Matched]:
+        """Decides every pending primary that can be decided (the oldest ``force_count`` ones
+        with what is queued now). A matched primary drops the older ones still waiting, as
+        message_filters does, so the output stays in stamp order."""
+        primaries = self._queues[self.primary]
+        decisions: list[tuple[_Entry, str, dict[str, _Entry | None]]] = []
+        for index, entry in enumerate(primaries):
+            force = index < force_count
+            newest = index == len(primaries) - 1
+            chosen: dict[str, _Entry | None] = {}
+            status = 'matched'
+            for stream in self.secondaries:
+                done, match = self._choose(stream, entry.stamp_ns, force, newest)
+                if not done:
+                    status = 'waiting'
+                    break
+                unseen_optional = stream in self.optional and stream not in self._seen
+                if match is None and not unseen_optional:
+                    status = 'failed'
+                chosen[stream] = match
+            decisions.append((entry, status, chosen))
+        last_match = max((i for i, d in enumerate(decisions) if d[1] == 'matched'), default=-1)
+        out: list[Matched] = []
+        keep: list[_Entry] = []
+        for index, (entry, status, chosen) in enumerate(decisions):
+            if status == 'waiting' and index > last_match:
+                keep.append(entry)
+            elif status != 'matched':
+                self._unmatched[self.primary] += 1
+            else:
+                items: dict[str, Any] = {self.primary: entry.item}
+                offsets: dict[str, int] = {}
+                for stream, match in chosen.items():
+                    items[stream] = None if match is None else match.item
+                    if match is not None:
+                        match.used = True
+                        offsets[stream] = match.stamp_ns - entry.stamp_ns
+                self._matched += 1
+                out.append(Matched(entry.stamp_ns, items, offsets))
+        self._queues[self.primary] = keep
+        return out
+
+    def _prune(self) -> None:
+        """Drops secondaries no pending or future primary can match (older than the oldest
+        pending primary, or than the newest primary when none waits, minus the tolerance),
+        keeping each stream's newest message."""
+        primaries = self._queues[self.primary]
+        if primaries:
+            horizon = primaries[0].stamp_ns - self.tolerance_ns
+        elif self._last_primary_stamp is not None:
+            horizon = self._last_primary_stamp - self.tolerance_ns
+        else:
+            return
+        for stream in self.secondaries:
+            queue = self._queues[stream]
+            while len(queue) > 1 and queue[0].stamp_ns < horizon:
+                self._discard(stream, queue.pop(0))
