@@ -116,3 +116,14 @@ def test_bad_arguments():
         StampSynchronizer('image', ['camera_info'], queue_size=0)
     with pytest.raises(KeyError):
         StampSynchronizer('image', ['camera_info']).add('depth', 0, None)
+
+
+def test_release_optional_lets_a_lone_primary_go_without_the_unseen_stream():
+    sync = StampSynchronizer('image', ['camera_info'], optional=['camera_info'])
+    assert sync.add('image', 1, 'a') == []
+    assert sync.release_optional(lambda item: False) == []
+    (match,) = sync.release_optional(lambda item: item == 'a')
+    assert match.items == {'image': 'a', 'camera_info': None}
+    sync.add('camera_info', 2, 'K')
+    assert sync.add('image', 3, 'b') == []
+    assert sync.release_optional() == []  # the stream has delivered: required now

@@ -13,7 +13,8 @@ same way. Like message_filters' synchronizers, pairing is by stamp, never by arr
 * a primary with no secondary within the tolerance is dropped and counted as unmatched, and so
   is every secondary message that left the queue without ever being used;
 * an **optional** secondary stream that has delivered nothing yet (a camera without
-  camera_info) holds a primary only until the next primary arrives; the primary then goes out
+  camera_info) holds a primary only until the next primary arrives (or `release_optional`
+  lets it go: the caller keeps the clock); the primary then goes out
   with ``None`` for that stream. Once the stream has delivered, it is required like the others;
 * a secondary message may match several primaries (a camera_info published at a lower rate);
 * output is in stamp order: a matched primary drops the older primaries still waiting (counted
@@ -36,7 +37,7 @@ Example::
 from __future__ import annotations
 
 from bisect import insort
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 import threading
 from typing import Any
@@ -161,6 +162,16 @@ class StampSynchronizer:
             self._prune()
             return out
 
+    def release_optional(self, ready: Callable[[Any], bool] = lambda item: True
+                         ) -> list[Matched]:
+        """Sends out the waiting primaries held only by optional streams that have delivered
+        nothing yet, for which ``ready(item)`` is true (e.g. waited long enough by a clock the
+        caller keeps), with None for those streams."""
+        with self._lock:
+            out = self._decide(release=ready)
+            self._prune()
+            return out
+
     def counts(self) -> SyncCounts:
         with self._lock:
             return SyncCounts(received=dict(self._received), matched=self._matched,
@@ -183,13 +194,13 @@ class StampSynchronizer:
         if stream == self.primary or not entry.used:
             self._unmatched[stream] += 1
 
-    def _choose(self, stream: str, stamp_ns: int, force: bool, newest_primary: bool
-                ) -> tuple[bool, _Entry | None]:
+    def _choose(self, stream: str, stamp_ns: int, force: bool, newest_primary: bool,
+                released: bool) -> tuple[bool, _Entry | None]:
         """(decided, entry) for one secondary: entry None with decided True = no match
         (or an unseen optional stream, the caller tells the two apart)."""
         queue = self._queues[stream]
         if stream not in self._seen and stream in self.optional:
-            return (not newest_primary or force), None
+            return (not newest_primary or force or released), None
         near = [e for e in queue if abs(e.stamp_ns - stamp_ns) <= self.tolerance_ns]
         exact = next((e for e in near if e.stamp_ns == stamp_ns), None)
         if exact is not None:
@@ -201,19 +212,22 @@ class StampSynchronizer:
             return True, None
         return True, min(near, key=lambda e: (abs(e.stamp_ns - stamp_ns), -e.stamp_ns))
 
-    def _decide(self, force_count: int = 0) -> list[Matched]:
+    def _decide(self, force_count: int = 0, release: Callable[[Any], bool] | None = None
+                ) -> list[Matched]:
         """Decides every pending primary that can be decided (the oldest ``force_count`` ones
-        with what is queued now). A matched primary drops the older ones still waiting, as
+        with what is queued now; unseen optional streams no longer hold those that
+        ``release`` accepts). A matched primary drops the older ones still waiting, as
         message_filters does, so the output stays in stamp order."""
         primaries = self._queues[self.primary]
         decisions: list[tuple[_Entry, str, dict[str, _Entry | None]]] = []
         for index, entry in enumerate(primaries):
             force = index < force_count
             newest = index == len(primaries) - 1
+            released = release is not None and release(entry.item)
             chosen: dict[str, _Entry | None] = {}
             status = 'matched'
             for stream in self.secondaries:
-                done, match = self._choose(stream, entry.stamp_ns, force, newest)
+                done, match = self._choose(stream, entry.stamp_ns, force, newest, released)
                 if not done:
                     status = 'waiting'
                     break

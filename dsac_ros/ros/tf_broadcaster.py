@@ -35,9 +35,9 @@ class TransformBroadcaster:
     """
 
     def __init__(self, node: Node, qos: QoSProfile | None = None, topic: str = TF_TOPIC) -> None:
-        self._publisher = node.create_publisher(TFMessage, topic, qos or TF_QOS)
+        self.publisher = node.create_publisher(TFMessage, topic, qos or TF_QOS)
 
     def send_transform(self, transform: TransformStamped | Iterable[TransformStamped]) -> None:
         """Publishes one transform or several in one TFMessage."""
         transforms = [transform] if isinstance(transform, TransformStamped) else list(transform)
-        self._publisher.publish(TFMessage(transforms=transforms))
+        self.publisher.publish(TFMessage(transforms=transforms))
