@@ -49,7 +49,7 @@ from pathlib import Path
 import sys
 
 import rclpy
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 
 from dsac_ros.ros.parameters import (
@@ -176,7 +176,9 @@ def main(args: list[str] | None = None) -> int:
         rclpy.logging.get_logger(NODE_NAME).fatal(f'cannot start: {exc}')
         rclpy.try_shutdown()
         return 2
-    executor = SingleThreadedExecutor()
+    # Two threads: ~/relocalize waits for frames in its own callback group while the camera
+    # callbacks run.
+    executor = MultiThreadedExecutor(num_threads=2)
     executor.add_node(node)
     try:
         executor.spin()

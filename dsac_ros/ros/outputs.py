@@ -5,7 +5,9 @@ the last map -> odom so that TF never goes stale between relocalizations.
 Stamps: every message of a frame carries the image stamp (also under sim time), except
 map -> odom, which is future-dated by ``transform_tolerance_s`` as AMCL does; its republished
 copies are stamped ``max(node clock now, last image stamp) + transform_tolerance_s`` (the node
-clock is /clock under ``use_sim_time``).
+clock is /clock under ``use_sim_time``). map -> odom stamps strictly increase (a late frame's
+correction is stamped just after the last copy sent), so that TF listeners never see a new
+correction slotted in before an older one, nor two samples with one stamp (tf2 drops those).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ class PoseOutputs:
         self._lock = threading.Lock()
         self._map_odom: np.ndarray | None = None
         self._last_image_ns = 0
+        self._last_sent_ns = 0
         self._timer = None
         self._steady = Clock(clock_type=ClockType.STEADY_TIME)
         self.counts = {'map_to_odom_sent': 0, 'base_poses_published': 0,
@@ -103,9 +106,13 @@ class PoseOutputs:
 
     def _send_map_odom(self, T_map_odom: np.ndarray, stamp_ns: int) -> None:
         s = self._settings()
-        stamp = _stamp(stamp_ns + int(round(s.transform_tolerance_s * 1e9)))
-        self._tf.send_transform(transform_stamped(T_map_odom, stamp, s.map_frame, s.odom_frame))
-        self.counts['map_to_odom_sent'] += 1
+        with self._lock:
+            stamp_ns = max(stamp_ns + int(round(s.transform_tolerance_s * 1e9)),
+                           self._last_sent_ns + 1000)
+            self._last_sent_ns = stamp_ns
+            self._tf.send_transform(transform_stamped(T_map_odom, _stamp(stamp_ns), s.map_frame,
+                                                      s.odom_frame))
+            self.counts['map_to_odom_sent'] += 1
 
     # -- steady republishing (executor thread) -----------------------------------------------
 
@@ -134,6 +141,7 @@ class PoseOutputs:
         with self._lock:
             self._map_odom = None
             self._last_image_ns = 0
+            self._last_sent_ns = 0
 
     def close(self) -> None:
         if self._timer is not None:

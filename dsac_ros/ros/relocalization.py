@@ -17,7 +17,8 @@ import time
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 import numpy as np
-from rclpy.clock import Clock, ClockType
+from rclpy.clock import Clock, ClockType, JumpThreshold
+from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
@@ -98,6 +99,10 @@ class Relocalization:
             node.create_timer(s.diagnostics_period_s, self._publish_diagnostics, clock=steady),
             node.create_timer(_OPTIONAL_INFO_WAIT_S, self._release_without_info, clock=steady),
         ]
+        self._time_jumped = threading.Event()
+        self._jump_handle = node.get_clock().create_jump_callback(
+            JumpThreshold(min_forward=None, min_backward=Duration(seconds=-1.0),
+                          on_clock_change=False), post_callback=self._on_time_jump)
         self._stop = threading.Event()
         self._worker = threading.Thread(target=self._work, name='relocalize_worker', daemon=True)
         self._worker.start()
@@ -142,6 +147,14 @@ class Relocalization:
                 old.tf_mode, old.map_frame, old.odom_frame):
             self._outputs.forget()
 
+    def _on_time_jump(self, jump) -> None:
+        """The clock went back (a bag played again): forget pairing queues, the last
+        map -> odom and the gate's history (the worker resets the gate)."""
+        self._sync.reset()
+        self._outputs.forget()
+        self._time_jumped.set()
+        self._node.get_logger().warning('time jumped back: relocalization state reset')
+
     def _apply_estimator_settings(self) -> None:
         """The estimator parameters -> the relocalizer (its other estimator settings kept)."""
         relocalizer = self._relocalizer
@@ -159,6 +172,7 @@ class Relocalization:
         self._service.close()
         self._outputs.close()
         self._tf_in.close()
+        self._jump_handle.unregister()
         for timer in self._timers:
             node.destroy_timer(timer)
         node.destroy_publisher(self._diag_pub)
@@ -199,6 +213,9 @@ class Relocalization:
                     break
             frame = self._slot.take(timeout=0.2)
             self._service.expire()
+            if self._time_jumped.is_set():
+                self._time_jumped.clear()
+                self._gate.reset()
             if frame is None:
                 continue
             if not (self.settings.continuous or self._service.pending):

@@ -4,9 +4,11 @@ takes the node.
 A request localizes the next ``relocalize_frames`` frames that arrive after it and answers with
 the one with most inliers: success with the base pose and the inlier count in the message (and
 /initialpose sent, which resets AMCL), or failure with the reason (no image within
-``relocalize_timeout_s``, no pose, no base pose from TF). The callback is a coroutine that
-awaits a future the node's worker thread completes, so it never blocks the executor: images
-keep arriving while a request waits, with any executor.
+``relocalize_timeout_s``, no pose, no base pose from TF). The callback waits for the node's
+worker thread in a callback group of its own, so the node must spin in a MultiThreadedExecutor
+(``relocalize_node`` does): the camera callbacks keep running while a request waits. (A
+coroutine callback awaiting the worker would not block, but rclpy's executors re-run pending
+coroutines in a loop that starves the worker of the GIL.)
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ import threading
 import time
 
 import numpy as np
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
-from rclpy.task import Future
 from std_srvs.srv import Trigger
 
 from dsac_ros.ros.parameters import NodeSettings
@@ -55,11 +57,12 @@ class FrameOutcome:
 
 @dataclass
 class _Request:
-    future: Future
     start: float
     deadline: float
     wanted: int
     outcomes: list[FrameOutcome] = field(default_factory=list)
+    done: threading.Event = field(default_factory=threading.Event)
+    answer: tuple[bool, str] = (False, 'no answer')
 
 
 class RelocalizeService:
@@ -86,30 +89,30 @@ class RelocalizeService:
         self._requests: list[_Request] = []
         self.requests = 0
         self.succeeded = 0
-        self._service = node.create_service(Trigger, SERVICE_NAME, self._on_request)
+        self._service = node.create_service(Trigger, SERVICE_NAME, self._on_request,
+                                            callback_group=MutuallyExclusiveCallbackGroup())
 
     @property
     def pending(self) -> bool:
         with self._lock:
             return bool(self._requests)
 
-    async def _on_request(self, request: Trigger.Request, response: Trigger.Response
-                          ) -> Trigger.Response:
+    def _on_request(self, request: Trigger.Request, response: Trigger.Response
+                    ) -> Trigger.Response:
         s = self._settings()
-        future = Future(executor=self._node.executor)
-        # A done callback makes set_result (in the worker thread) wake the executor, which then
-        # resumes this coroutine.
-        future.add_done_callback(lambda _: None)
         now = time.monotonic()
+        pending = _Request(now, now + s.relocalize_timeout_s, s.relocalize_frames)
         with self._lock:
             self.requests += 1
-            self._requests.append(_Request(future, now, now + s.relocalize_timeout_s,
-                                           s.relocalize_frames))
+            self._requests.append(pending)
         self._node.get_logger().info(
             f'relocalization requested: best of {s.relocalize_frames} frames within '
             f'{s.relocalize_timeout_s:g} s')
-        success, message = await future
-        response.success, response.message = bool(success), str(message)
+        # The worker answers by the deadline (it polls every 0.2 s); the margin covers a frame
+        # in flight. Without an answer (a stalled worker) the request fails here.
+        if not pending.done.wait(s.relocalize_timeout_s + 30.0):
+            self.cancel_all('the localization worker did not answer')
+        response.success, response.message = pending.answer
         return response
 
     # -- worker thread -------------------------------------------------------------------------
@@ -142,18 +145,18 @@ class RelocalizeService:
         with self._lock:
             requests, self._requests = self._requests, []
         for request in requests:
-            _complete(request.future, False, reason)
+            _complete(request, False, reason)
 
     def _answer(self, request: _Request, timed_out: bool = False) -> None:
         usable = [o for o in request.outcomes if o.usable]
         if not usable:
-            _complete(request.future, False, self._failure(request, timed_out))
+            _complete(request, False, self._failure(request, timed_out))
             return
         best = max(usable, key=lambda o: o.inliers)
         try:
             self._on_success(best)
         except Exception as exc:  # noqa: BLE001 - the caller must get an answer
-            _complete(request.future, False, f'publishing the pose failed: {exc}')
+            _complete(request, False, f'publishing the pose failed: {exc}')
             return
         self.succeeded += 1
         T = best.robot.T_map_base
@@ -163,7 +166,7 @@ class RelocalizeService:
                    f'{best.inliers} inliers (best of {len(request.outcomes)} frames, stamp '
                    f'{best.stamp_ns / 1e9:.3f} s)')
         self._node.get_logger().info(message)
-        _complete(request.future, True, message)
+        _complete(request, True, message)
 
     def _failure(self, request: _Request, timed_out: bool) -> str:
         s = self._settings()
@@ -181,6 +184,7 @@ class RelocalizeService:
         self._node.destroy_service(self._service)
 
 
-def _complete(future: Future, success: bool, message: str) -> None:
-    if not future.done():
-        future.set_result((success, message))
+def _complete(request: _Request, success: bool, message: str) -> None:
+    if not request.done.is_set():
+        request.answer = (success, message)
+        request.done.set()

@@ -12,7 +12,8 @@ or unconnected frames; not waited for) or `ExtrapolationError` (the stamp outsid
 
 tf2_ros is used when importable (``prefer_tf2_ros``); the pip environment has no tf2_ros, so
 there the own buffer serves: bounded to ``cache_time_s`` behind each edge's newest sample,
-cleared when time jumps back (a bag replayed again, a simulator reset) as tf2_ros does.
+cleared when the node's clock jumps back (a bag replayed again, a simulator reset; a jump
+callback on the ROS clock, as tf2_ros registers one).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import time
 from typing import Protocol
 
 import numpy as np
+from rclpy.clock import JumpThreshold
+from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from tf2_msgs.msg import TFMessage
@@ -43,7 +46,7 @@ TF_STATIC_QOS = QoSProfile(depth=100, history=HistoryPolicy.KEEP_LAST,
                            durability=DurabilityPolicy.TRANSIENT_LOCAL)
 """QoS of tf2_ros's static listener (/tf_static)."""
 
-_JUMP_BACK_NS = 1_000_000_000  # time going back by more than this clears the own buffer
+_JUMP_BACK_S = 1.0  # the node's clock going back by more than this clears the own buffer
 
 
 class TransformSource(Protocol):
@@ -92,8 +95,11 @@ class BuiltinTransformSource:
         self._cond = threading.Condition()
         self._buffer = TfBuffer(cache_time_s)
         self._static: dict[str, tuple] = {}  # child -> set_transform args, kept over a clear
-        self._newest_ns = 0
         self.time_jumps = 0
+        self._jump_handle = node.get_clock().create_jump_callback(
+            JumpThreshold(min_forward=None, min_backward=Duration(seconds=-_JUMP_BACK_S),
+                          on_clock_change=True),
+            post_callback=self._on_time_jump)
         self._subscriptions = [
             node.create_subscription(TFMessage, '/tf', self._on_tf, TF_QOS),
             node.create_subscription(TFMessage, '/tf_static', self._on_tf_static,
@@ -115,26 +121,23 @@ class BuiltinTransformSource:
                         (t.x, t.y, t.z), (q.x, q.y, q.z, q.w))
                 if static:
                     self._static[args[1]] = args
-                elif stamp < self._newest_ns - _JUMP_BACK_NS:
-                    self._clear()
                 try:
                     self._buffer.set_transform(*args, static=static)
                 except ValueError as exc:
                     self._node.get_logger().warning(f'TF ignored: {exc}',
                                                     throttle_duration_sec=5.0)
                     continue
-                if not static:
-                    self._newest_ns = max(self._newest_ns, stamp)
             self._cond.notify_all()
 
-    def _clear(self) -> None:
-        """Time went back: start over with the static transforms (as tf2_ros does)."""
-        self.time_jumps += 1
+    def _on_time_jump(self, jump) -> None:
+        """The clock went back (or switched source): start over with the static transforms,
+        as tf2_ros does."""
+        with self._cond:
+            self.time_jumps += 1
+            self._buffer = TfBuffer(self._cache_time_s)
+            for args in self._static.values():
+                self._buffer.set_transform(*args, static=True)
         self._node.get_logger().warning('time jumped back: TF buffer cleared')
-        self._buffer = TfBuffer(self._cache_time_s)
-        for args in self._static.values():
-            self._buffer.set_transform(*args, static=True)
-        self._newest_ns = 0
 
     def lookup(self, target: str, source: str, stamp_ns: int, timeout_s: float = 0.0
                ) -> np.ndarray:
@@ -157,6 +160,7 @@ class BuiltinTransformSource:
         for subscription in self._subscriptions:
             self._node.destroy_subscription(subscription)
         self._subscriptions = []
+        self._jump_handle.unregister()
 
 
 class Tf2RosTransformSource:
