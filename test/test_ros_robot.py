@@ -45,8 +45,7 @@ from dsac_ros.geometry.tf_buffer import TfBuffer
 from dsac_ros.geometry.transforms import pose_errors_np
 from dsac_ros.ros import messages
 from dsac_ros.ros.robot_pose import yaw_of
-from dsac_ros.ros.tf_broadcaster import TF_QOS
-from dsac_ros.ros.tf_listener import TF_STATIC_QOS
+from dsac_ros.ros.tf_broadcaster import TF_QOS, TF_STATIC_QOS
 
 TOLERANCE_S = 0.2  # transform_tolerance_s: map -> odom of a frame is stamped frame + this
 SIM_FRAMES = 8

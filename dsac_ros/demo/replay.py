@@ -37,9 +37,8 @@ from rclpy.serialization import deserialize_message
 from rosgraph_msgs.msg import Clock
 from tf2_msgs.msg import TFMessage
 
-from dsac_ros.ros.messages import ns_to_stamp
-from dsac_ros.ros.tf_broadcaster import TF_QOS
-from dsac_ros.ros.tf_listener import TF_STATIC_QOS
+from dsac_ros.ros.stamps import ns_to_stamp
+from dsac_ros.ros.tf_broadcaster import TF_QOS, TF_STATIC_QOS
 
 CAMERA_TYPES = ('sensor_msgs/msg/Image', 'sensor_msgs/msg/CompressedImage',
                 'sensor_msgs/msg/CameraInfo')

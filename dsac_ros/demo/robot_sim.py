@@ -50,8 +50,7 @@ from dsac_ros.ros.messages import (
     rgb_to_image_msg,
     transform_stamped,
 )
-from dsac_ros.ros.tf_broadcaster import TF_QOS
-from dsac_ros.ros.tf_listener import TF_STATIC_QOS
+from dsac_ros.ros.tf_broadcaster import TF_QOS, TF_STATIC_QOS
 
 
 @dataclass(frozen=True)

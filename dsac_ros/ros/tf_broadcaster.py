@@ -24,6 +24,15 @@ TF_QOS = QoSProfile(
 )
 """QoS of tf2_ros's dynamic broadcaster and listener (/tf)."""
 
+TF_STATIC_QOS = QoSProfile(
+    depth=100,
+    history=HistoryPolicy.KEEP_LAST,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.TRANSIENT_LOCAL,
+)
+"""QoS of tf2_ros's static listener (/tf_static: reliable, transient local, so transforms sent
+before a listener started reach it)."""
+
 
 class TransformBroadcaster:
     """Sends dynamic transforms on /tf for a node (the node owns the publisher's lifetime).

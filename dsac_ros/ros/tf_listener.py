@@ -26,7 +26,6 @@ import numpy as np
 from rclpy.clock import JumpThreshold
 from rclpy.duration import Duration
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from tf2_msgs.msg import TFMessage
 
 from dsac_ros.geometry.tf_buffer import (
@@ -36,15 +35,10 @@ from dsac_ros.geometry.tf_buffer import (
     TransformLookupError,
 )
 from dsac_ros.ros.messages import stamp_to_ns, transform_msg_to_matrix
-from dsac_ros.ros.tf_broadcaster import TF_QOS
+from dsac_ros.ros.tf_broadcaster import TF_QOS, TF_STATIC_QOS
 
 __all__ = ['BuiltinTransformSource', 'Tf2RosTransformSource', 'TransformSource',
            'create_transform_source', 'tf2_ros_available']
-
-TF_STATIC_QOS = QoSProfile(depth=100, history=HistoryPolicy.KEEP_LAST,
-                           reliability=ReliabilityPolicy.RELIABLE,
-                           durability=DurabilityPolicy.TRANSIENT_LOCAL)
-"""QoS of tf2_ros's static listener (/tf_static)."""
 
 _JUMP_BACK_S = 1.0  # the node's clock going back by more than this clears the own buffer
 
