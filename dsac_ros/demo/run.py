@@ -143,7 +143,9 @@ def run_demo(config: DemoConfig) -> DemoResult:
                 'dsac_ros.demo.pose_recorder', str(poses_path), '--ready-file', str(ready)))
             node = procs.start('node', node_command(package_config_file(), {
                 'model_path': str(model.resolve()), 'device': config.device,
-                'num_threads': config.num_threads, 'input_reliability': 'reliable'}))
+                'num_threads': config.num_threads, 'input_reliability': 'reliable',
+                # The demo camera is not on a robot: no base, map -> <camera>_dsac on /tf.
+                'base_frame': '', 'tf_mode': 'map_to_camera'}))
             if not wait_for(ready.exists, 30.0, children=[recorder]):
                 raise RuntimeError(f'pose recorder did not start:\n{recorder.log()}')
             _LOG.info('playing %s at %.1f Hz', scene_dir, config.rate_hz)

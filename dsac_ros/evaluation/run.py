@@ -17,6 +17,7 @@ import numpy as np
 from dsac_ros.data.seven_scenes import SceneDataset
 from dsac_ros.data.view_coverage import CoverageConfig, SceneCoverage, scene_coverage
 from dsac_ros.dsac import EstimatorConfig, Selection
+from dsac_ros.evaluation.calibration import CovarianceCalibration, covariance_calibration
 from dsac_ros.evaluation.metrics import ErrorSummary, frame_errors, summarize
 from dsac_ros.relocalizer import NetworkPrecision, Relocalizer, RelocalizerConfig
 
@@ -68,6 +69,8 @@ class SelectionResult:
     T_wc_n44: (N, 4, 4) estimated camera-to-world poses (identity where not valid).
     valid_n: (N,) bool. rotation_deg_n / translation_m_n: (N,) errors (inf where not valid),
     translation = camera-centre distance. inlier_ratio_n: (N,). estimator_ms_n: (N,) ms.
+    covariance_n66: (N, 6, 6) the estimator's covariances (camera-frame twist, translation
+    first); calibration: their NEES statistics on this split (`evaluation.calibration`).
     """
 
     selection: Selection
@@ -78,6 +81,8 @@ class SelectionResult:
     inlier_ratio_n: np.ndarray
     estimator_ms_n: np.ndarray
     summary: ErrorSummary
+    covariance_n66: np.ndarray | None = None
+    calibration: CovarianceCalibration | None = None
 
 
 @dataclass(frozen=True)
@@ -169,6 +174,7 @@ def evaluate(checkpoint: str | os.PathLike | Relocalizer, scene_root: str | os.P
     valid = {s: np.zeros(n, dtype=bool) for s in config.selections}
     ratio = {s: np.zeros(n) for s in config.selections}
     est_ms = {s: np.zeros(n) for s in config.selections}
+    cov = {s: np.zeros((n, 6, 6)) for s in config.selections}
 
     if n:
         # Untimed warm-up (first-call allocations, oneDNN kernel selection) so the per-frame
@@ -195,6 +201,7 @@ def evaluate(checkpoint: str | os.PathLike | Relocalizer, scene_root: str | os.P
             valid[selection][k] = loc.valid
             ratio[selection][k] = loc.inlier_ratio
             est_ms[selection][k] = loc.timings['estimator']
+            cov[selection][k] = loc.covariance
 
     T_cw_gt = np.linalg.inv(T_gt) if n else T_gt
     results = {}
@@ -204,9 +211,14 @@ def evaluate(checkpoint: str | os.PathLike | Relocalizer, scene_root: str | os.P
         results[selection.value] = SelectionResult(
             selection=selection, T_wc_n44=T_est[selection], valid_n=valid[selection],
             rotation_deg_n=deg, translation_m_n=m, inlier_ratio_n=ratio[selection],
-            estimator_ms_n=est_ms[selection], summary=summarize(deg, m, valid[selection]))
-        LOGGER.info('%s %s: %.1f%% within 5cm/5deg', Path(scene_root).name, selection.value,
-                    results[selection.value].summary.within_pct['5cm_5deg'])
+            estimator_ms_n=est_ms[selection], summary=summarize(deg, m, valid[selection]),
+            covariance_n66=cov[selection], calibration=covariance_calibration(
+                T_est[selection], T_gt, cov[selection], valid[selection]))
+        calibration = results[selection.value].calibration
+        LOGGER.info('%s %s: %.1f%% within 5cm/5deg; covariance NEES median %.2f (calibrated: '
+                    '5.35), %.0f%% within the 95%% bound, scale %.3g', Path(scene_root).name,
+                    selection.value, results[selection.value].summary.within_pct['5cm_5deg'],
+                    calibration.nees_median, calibration.within_95_pct, calibration.scale)
     coverage = (_coverage(dataset, indices, T_gt, config.coverage)
                 if config.split == 'test' and n else None)
     return SceneResult(scene=Path(scene_root).resolve().name, scene_root=str(scene_root),
