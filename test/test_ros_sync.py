@@ -127,3 +127,19 @@ def test_release_optional_lets_a_lone_primary_go_without_the_unseen_stream():
     sync.add('camera_info', 2, 'K')
     assert sync.add('image', 3, 'b') == []
     assert sync.release_optional() == []  # the stream has delivered: required now
+
+
+def test_the_synchronizer_needs_no_ros():
+    """Importable without rclpy (the RGB-D depth stream and tests reuse it anywhere)."""
+    import ast
+    from pathlib import Path
+
+    import dsac_ros.ros.sync as sync
+
+    tree = ast.parse(Path(sync.__file__).read_text())
+    imported = {a.name.split('.')[0] for n in ast.walk(tree) if isinstance(n, ast.Import)
+                for a in n.names}
+    imported |= {n.module.split('.')[0] for n in ast.walk(tree)
+                 if isinstance(n, ast.ImportFrom) and n.module}
+    assert imported <= {'__future__', 'bisect', 'collections', 'dataclasses', 'threading',
+                        'typing'}, imported

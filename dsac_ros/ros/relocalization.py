@@ -27,7 +27,7 @@ from dsac_ros.geometry.tf_buffer import TransformLookupError
 from dsac_ros.geometry.transforms import inflate_pose_covariance_np
 from dsac_ros.ros.messages import covariance_to_ros, diagnostic_array, stamp_to_ns
 from dsac_ros.ros.outputs import PoseOutputs
-from dsac_ros.ros.parameters import NodeSettings, Reliability, TfMode
+from dsac_ros.ros.parameters import ESTIMATOR_PARAMETERS, NodeSettings, Reliability, TfMode
 from dsac_ros.ros.pipeline import FramePipeline, LatestSlot, ReceivedFrame
 from dsac_ros.ros.relocalize_service import FrameOutcome, RelocalizeService
 from dsac_ros.ros.robot_pose import GateLimits, JumpGate, RobotPose, robot_pose
@@ -138,8 +138,7 @@ class Relocalization:
     def update_settings(self, settings: NodeSettings, names: set[str]) -> None:
         """New parameter values (validated); ``names``: the parameters that were set."""
         old, self.settings = self.settings, settings
-        if names & {'selection', 'num_hypotheses', 'inlier_threshold_px', 'refinement_steps',
-                    'min_inliers', 'seed'}:
+        if names & set(ESTIMATOR_PARAMETERS):
             self._apply_estimator_settings()
         if settings.tf_publish_rate_hz != old.tf_publish_rate_hz:
             self._outputs.update_rate()
