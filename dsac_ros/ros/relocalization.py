@@ -86,6 +86,7 @@ class Relocalization:
                                        queue_size=s.sync_queue_size, optional=['camera_info'])
         self._gate = JumpGate()
         self._last_warning: dict[str, float] = {}
+        self._unmatched_reported = 0
         self._subscriptions: list = []
         self._image_topic = (f'{s.image_topic.rstrip("/")}/compressed' if s.compressed_input
                              else s.image_topic)
@@ -439,6 +440,12 @@ class Relocalization:
             level, message = self._stats.level, self._stats.message
             last_image = self._stats.last_image_monotonic
             values['last_tf_error'] = self._stats.last_tf_error
+        unmatched = int(values['frames_unmatched'])
+        if unmatched > self._unmatched_reported:
+            level = max(level, DiagnosticStatus.WARN, key=lambda b: b[0])
+            message = (f'{unmatched - self._unmatched_reported} images without a camera_info of '
+                       f'their stamp (sync_tolerance_s={s.sync_tolerance_s:g}); {message}')
+            self._unmatched_reported = unmatched
         if last_image is None:
             level, message = DiagnosticStatus.STALE, f'no image yet on {self._image_topic}'
         elif time.monotonic() - last_image > s.stale_timeout_s:
