@@ -422,7 +422,9 @@ class _KnownPoseRelocalizer:
 
 def test_published_messages_carry_the_relocalizer_pose(ros_env, frames):
     from dsac_ros.ros.node import RelocalizeNode
+    from dsac_ros.ros.parameters import NodeSettings
 
+    defaults = NodeSettings()
     env = own_domain(ros_env)
     client = RosClient(env)
     reloc = _KnownPoseRelocalizer(inliers=120)
@@ -450,8 +452,10 @@ def test_published_messages_carry_the_relocalizer_pose(ros_env, frames):
         np.testing.assert_allclose(np.reshape(pose_cov.pose.covariance, (6, 6)),
                                    inflate_pose_covariance_np(
                                        messages.covariance_to_ros(reloc.covariance, reloc.T_wc),
-                                       2.0, 0.01, 0.01))
+                                       2.0, defaults.covariance_floor_m,
+                                       defaults.covariance_floor_rad))
         # The node's parameters reach the relocalizer; below min_inliers: processed, no pose.
+        assert defaults.covariance_floor_m > 0
         assert reloc.estimator_config.min_inliers_for_pose == 100
         assert reloc.estimator_config.inlier_threshold_px == 5.0
         reloc.inliers = 99

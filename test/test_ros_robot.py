@@ -14,15 +14,12 @@ The checker is this test process: it composes map -> odom (the node's) -> base_l
 from __future__ import annotations
 
 import math
-import threading
 import time
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
+from geometry_msgs.msg import PoseWithCovarianceStamped
 import numpy as np
 import pytest
-import rclpy
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.parameter_client import AsyncParameterClient
 from rosgraph_msgs.msg import Clock
@@ -31,6 +28,7 @@ from test_ros_node import (  # noqa: F401
     HAS_REAL_MODEL,
     NEEDS_REAL_MODEL,
     PARAMS_FILE,
+    RosClient,
     model_path,
     own_domain,
     scene_dir,
@@ -59,21 +57,19 @@ ROBOT_PARAMS = {
 }
 
 
-class RobotChecker:
-    """In-test participant: records /tf, /tf_static, poses, /initialpose, /diagnostics and
+class RobotChecker(RosClient):
+    """In-test participant (`RosClient`, which also keeps /camera_pose and /diagnostics values)
+    that records /tf, /tf_static, the base pose, /initialpose, full diagnostics statuses and
     /clock; calls ~/relocalize and sets parameters."""
 
     def __init__(self, env: dict[str, str]) -> None:
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=int(env['ROS_DOMAIN_ID']))
-        self.node = n = rclpy.create_node('robot_checker', context=self.context)
-        self.lock = threading.Lock()
+        super().__init__(env)
+        n = self.node
         self.tf: list = []  # (static, TransformStamped)
         self.base_poses: list[PoseWithCovarianceStamped] = []
         self.initialposes: list[PoseWithCovarianceStamped] = []
-        self.camera_poses: list[PoseStamped] = []
         # (stamp ns, level, message, values)
-        self.diagnostics: list[tuple[int, int, str, dict[str, str]]] = []
+        self.statuses: list[tuple[int, bytes, str, dict[str, str]]] = []
         self.clock_ns = 0
         n.create_subscription(TFMessage, '/tf', self._on_tf(False), TF_QOS)
         n.create_subscription(TFMessage, '/tf_static', self._on_tf(True), TF_STATIC_QOS)
@@ -81,15 +77,10 @@ class RobotChecker:
                               self._store(self.base_poses), 50)
         n.create_subscription(PoseWithCovarianceStamped, '/initialpose',
                               self._store(self.initialposes), 50)
-        n.create_subscription(PoseStamped, '/camera_pose', self._store(self.camera_poses), 50)
-        n.create_subscription(DiagnosticArray, '/diagnostics', self._on_diag, 50)
+        n.create_subscription(DiagnosticArray, '/diagnostics', self._on_status, 50)
         n.create_subscription(Clock, '/clock', self._on_clock, 10)
         self.trigger_client = n.create_client(Trigger, '/relocalize_node/relocalize')
         self.params = AsyncParameterClient(n, 'relocalize_node')
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(n)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
 
     def _on_tf(self, static: bool):
         def callback(msg: TFMessage) -> None:
@@ -97,24 +88,14 @@ class RobotChecker:
                 self.tf.extend((static, t) for t in msg.transforms)
         return callback
 
-    def _store(self, target: list):
-        def callback(msg) -> None:
-            with self.lock:
-                target.append(msg)
-        return callback
-
-    def _on_diag(self, msg: DiagnosticArray) -> None:
+    def _on_status(self, msg: DiagnosticArray) -> None:
         status = msg.status[0]
         with self.lock:
-            self.diagnostics.append((messages.stamp_to_ns(msg.header.stamp), status.level,
-                                     status.message, messages.diagnostic_values(msg)))
+            self.statuses.append((messages.stamp_to_ns(msg.header.stamp), status.level,
+                                  status.message, messages.diagnostic_values(msg)))
 
     def _on_clock(self, msg: Clock) -> None:
         self.clock_ns = messages.stamp_to_ns(msg.clock)
-
-    def last_diag(self) -> dict[str, str]:
-        with self.lock:
-            return dict(self.diagnostics[-1][3]) if self.diagnostics else {}
 
     def trigger(self, timeout_s: float) -> Trigger.Response:
         assert self.trigger_client.wait_for_service(10.0)
@@ -144,12 +125,6 @@ class RobotChecker:
                                    (q.x, q.y, q.z, q.w), static=static)
         return tree
 
-    def close(self) -> None:
-        self.executor.shutdown()
-        self.thread.join(5.0)
-        self.node.destroy_node()
-        rclpy.shutdown(context=self.context)
-
 
 def _settled(checker: RobotChecker, frames: int) -> bool:
     """The node received ``frames`` images in all and finished with every one of them."""
@@ -173,8 +148,8 @@ def robot_run(ros_env, model_path, scene_dir, tmp_path_factory):  # noqa: F811
         checker = RobotChecker(env)
         try:
             assert wait_for(lambda: checker.node.count_subscribers('/camera/image_raw') > 0
-                            and bool(checker.diagnostics), 60.0, children=[node]), node.log()
-            run['first_diag'] = checker.diagnostics[0]
+                            and bool(checker.statuses), 60.0, children=[node]), node.log()
+            run['first_diag'] = checker.statuses[0]
             # 1. The robot drives; a relocalization request while it does.
             sim = procs.start('sim', module_command(
                 'dsac_ros.demo.robot_sim', str(scene_dir), '--rate', '2', '--max-frames',
@@ -194,8 +169,8 @@ def robot_run(ros_env, model_path, scene_dir, tmp_path_factory):  # noqa: F811
             start = time.monotonic()
             run['no_image'] = checker.trigger(30.0)
             run['no_image_s'] = time.monotonic() - start
-            assert wait_for(lambda: checker.diagnostics[-1][1] == DiagnosticStatus.STALE, 10.0)
-            run['stale'] = checker.diagnostics[-1]
+            assert wait_for(lambda: checker.statuses[-1][1] == DiagnosticStatus.STALE, 10.0)
+            run['stale'] = checker.statuses[-1]
             # 3. A recorded bag with /clock.
             checker.set('continuous', True)
             bag = out / 'robot_bag'
@@ -227,7 +202,7 @@ def _frame_errors(run, gt_by_stamp: dict[int, dict], camera_frame: str) -> np.nd
     robot = checker.robot_tf()
     sent = [messages.transform_msg_to_matrix(t.transform) for t in checker.node_tf('odom')]
     rows = []
-    for pose in checker.camera_poses:
+    for pose in checker.poses:
         stamp = messages.stamp_to_ns(pose.header.stamp)
         if stamp not in gt_by_stamp or not sent:
             continue
@@ -281,7 +256,7 @@ def test_tf_tree_stays_a_tree_and_stamps_follow_the_clock(robot_run):
     assert sent_by_node <= {'odom'}
     # Sim time: the first diagnostics before /clock (0), then /clock's time, never the wall's.
     assert robot_run['first_diag'][0] < 1000 * 10**9
-    stamps = [s for s, *_ in checker.diagnostics if s > 0]
+    stamps = [s for s, *_ in checker.statuses if s > 0]
     assert stamps and all(1000e9 <= s < BAG_START_S * 1e9 + 60e9 for s in stamps)
     if HAS_REAL_MODEL:
         odom_stamps = [messages.stamp_to_ns(t.header.stamp) for t in checker.node_tf('odom')]

@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import sys
 
-import rclpy
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
-from dsac_ros.ros.node import NODE_NAME, help_text, load_relocalizer, wants_help
+from dsac_ros.ros.node import NODE_NAME, help_text, load_relocalizer, run_node, wants_help
 from dsac_ros.ros.parameters import add_parameter_callbacks, current_settings, declare_parameters
 from dsac_ros.ros.relocalization import Relocalization
 
@@ -96,27 +94,7 @@ def main(args: list[str] | None = None) -> int:
         sys.stdout.write(help_text().replace('relocalize_node [', 'relocalize_lifecycle_node [',
                                              1))
         return 0
-    rclpy.init(args=args)
-    try:
-        node = RelocalizeLifecycleNode()
-    except ValueError as exc:
-        rclpy.logging.get_logger(NODE_NAME).fatal(f'cannot start: {exc}')
-        rclpy.try_shutdown()
-        return 2
-    # Two threads: ~/relocalize waits for frames in its own callback group while the camera
-    # callbacks run.
-    executor = MultiThreadedExecutor(num_threads=2)
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.close()
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(RelocalizeLifecycleNode, args)
 
 
 if __name__ == '__main__':

@@ -169,9 +169,15 @@ def main(args: list[str] | None = None) -> int:
     if wants_help(list(sys.argv[1:] if args is None else args)):
         sys.stdout.write(help_text())
         return 0
+    return run_node(RelocalizeNode, args)
+
+
+def run_node(node_class, args: list[str] | None = None) -> int:
+    """Creates ``node_class()`` and spins it until Ctrl-C / shutdown; 0 on a normal end, 2 when
+    the node cannot start (the reason logged)."""
     rclpy.init(args=args)
     try:
-        node = RelocalizeNode()
+        node = node_class()
     except (ValueError, FileNotFoundError) as exc:
         rclpy.logging.get_logger(NODE_NAME).fatal(f'cannot start: {exc}')
         rclpy.try_shutdown()

@@ -143,14 +143,17 @@ class NodeSettings:
         5.0, 'Without an accepted pose for this long (image stamps) the robot counts as lost: '
         'the jump gate opens and the next pose is a relocalization.', min_value=0.1,
         max_value=86400.0)
+    # The estimator's covariance assumes independent cells; neighbouring scene coordinates err
+    # together, so it is overconfident: x68 calibrates the demo model's (NEES on its test split,
+    # docs/BENCHMARKS.md); x50 with the floors gives 97 % of frames inside chi-square's 95 %.
     covariance_scale: float = _parameter(
-        1.0, "Factor on the estimator's covariance (calibrate with dsac_evaluate's NEES).",
-        min_value=1e-3, max_value=1e6)
+        50.0, "Factor on the estimator's covariance (calibrate a model with dsac_evaluate: it "
+        "prints the NEES and the scale).", min_value=1e-3, max_value=1e6)
     covariance_floor_m: float = _parameter(
-        0.01, 'Standard deviation added to each position axis of the published covariance, m.',
-        min_value=0.0, max_value=100.0)
+        0.005, 'Standard deviation added to each position axis of the published covariance, '
+        'm.', min_value=0.0, max_value=100.0)
     covariance_floor_rad: float = _parameter(
-        0.01, 'Standard deviation added to each rotation axis of the published covariance, '
+        0.002, 'Standard deviation added to each rotation axis of the published covariance, '
         'rad.', min_value=0.0, max_value=3.2)
     max_jump_m: float = _parameter(
         1.0, 'A pose farther than this from the last accepted one (map -> odom when odometry '
