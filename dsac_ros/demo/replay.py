@@ -37,6 +37,7 @@ from rclpy.serialization import deserialize_message
 from rosgraph_msgs.msg import Clock
 from tf2_msgs.msg import TFMessage
 
+from dsac_ros.demo.program import run_program
 from dsac_ros.ros.stamps import ns_to_stamp
 from dsac_ros.ros.tf_broadcaster import TF_QOS, TF_STATIC_QOS
 
@@ -250,18 +251,8 @@ def parse_args(argv: list[str] | None = None) -> ReplayConfig:
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
-    rclpy.init()
-    try:
-        sent = replay(config)
-    except KeyboardInterrupt:
-        return 0
-    except (ValueError, OSError) as exc:
-        print(f'dsac_replay: {exc}', file=sys.stderr)
-        return 2
-    finally:
-        rclpy.try_shutdown()
-    print(f'dsac_replay: {sent} messages from {config.bag_path}', file=sys.stderr)
-    return 0
+    return run_program('dsac_replay',
+                       lambda: f'{replay(config)} messages from {config.bag_path}')
 
 
 if __name__ == '__main__':

@@ -38,6 +38,7 @@ from tf2_msgs.msg import TFMessage
 from dsac_ros.data.atomic import write_json_atomic
 from dsac_ros.data.bag_writer import T_BASE_OPTICAL, map_to_odom
 from dsac_ros.demo.player import load_frames
+from dsac_ros.demo.program import run_program
 from dsac_ros.geometry.transforms import (
     invert_se3_np,
     matrix_to_pose_np,
@@ -231,18 +232,7 @@ def parse_args(argv: list[str] | None = None) -> RobotSimConfig:
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
-    rclpy.init()
-    try:
-        n = drive(config)
-    except KeyboardInterrupt:
-        return 0
-    except (ValueError, OSError) as exc:
-        print(f'dsac_robot_sim: {exc}', file=sys.stderr)
-        return 2
-    finally:
-        rclpy.try_shutdown()
-    print(f'dsac_robot_sim: {n} frames', file=sys.stderr)
-    return 0
+    return run_program('dsac_robot_sim', lambda: f'{drive(config)} frames')
 
 
 if __name__ == '__main__':

@@ -19,14 +19,21 @@ import sys
 
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
-from dsac_ros.ros.node import NODE_NAME, help_text, load_relocalizer, run_node, wants_help
+from dsac_ros.ros.node import (
+    NODE_NAME,
+    OwnsRelocalization,
+    help_text,
+    load_relocalizer,
+    run_node,
+    wants_help,
+)
 from dsac_ros.ros.parameters import add_parameter_callbacks, current_settings, declare_parameters
 from dsac_ros.ros.relocalization import Relocalization
 
 __all__ = ['RelocalizeLifecycleNode', 'main']
 
 
-class RelocalizeLifecycleNode(LifecycleNode):
+class RelocalizeLifecycleNode(OwnsRelocalization, LifecycleNode):
     """Managed variant of `dsac_ros.ros.node.RelocalizeNode` (see the module doc).
 
     Args:
@@ -47,9 +54,6 @@ class RelocalizeLifecycleNode(LifecycleNode):
     def _on_parameters(self, settings, names: set[str]) -> None:
         if self._core is not None:
             self._core.update_settings(settings, names)
-
-    def counters(self) -> dict[str, float]:
-        return {} if self._core is None else self._core.counters()
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
@@ -76,16 +80,6 @@ class RelocalizeLifecycleNode(LifecycleNode):
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.close()
         return TransitionCallbackReturn.SUCCESS
-
-    def close(self) -> None:
-        """Stops the worker and releases the model (configure builds them again)."""
-        core, self._core = self._core, None
-        if core is not None:
-            core.close()
-
-    def destroy_node(self) -> None:
-        self.close()
-        super().destroy_node()
 
 
 def main(args: list[str] | None = None) -> int:

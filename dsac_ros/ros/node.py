@@ -99,7 +99,29 @@ def load_relocalizer(settings: NodeSettings, logger=None):
     return relocalizer
 
 
-class RelocalizeNode(Node):
+class OwnsRelocalization:
+    """What both node classes do with their `Relocalization` helper (``self._core``)."""
+
+    _core: Relocalization | None = None
+
+    def counters(self) -> dict[str, float]:
+        """Counters and the last frame's numbers (what /diagnostics reports); empty before
+        the helper exists (an unconfigured lifecycle node)."""
+        return {} if self._core is None else self._core.counters()
+
+    def close(self) -> None:
+        """Stops the worker thread and releases what the helper made (call before
+        destroy_node); safe after a failed start and twice."""
+        core, self._core = self._core, None
+        if core is not None:
+            core.close()
+
+    def destroy_node(self) -> None:
+        self.close()
+        super().destroy_node()
+
+
+class RelocalizeNode(OwnsRelocalization, Node):
     """The relocalization node (see the module doc): parameters, model, and a `Relocalization`
     helper that does the work.
 
@@ -133,20 +155,6 @@ class RelocalizeNode(Node):
     @property
     def settings(self) -> NodeSettings:
         return self._core.settings
-
-    def counters(self) -> dict[str, float]:
-        """Counters and the last frame's numbers (what /diagnostics reports)."""
-        return self._core.counters()
-
-    def close(self) -> None:
-        """Stops the worker thread (call before destroy_node); safe after a failed start."""
-        core, self._core = self._core, None
-        if core is not None:
-            core.close()
-
-    def destroy_node(self) -> None:
-        self.close()
-        super().destroy_node()
 
 
 def help_text() -> str:
