@@ -166,12 +166,28 @@ class RosClient:
         d = self.last_diag()
         return float(d.get('frames_processed', 0)) + float(d.get('frames_rejected', 0))
 
+    def settled(self, received: float = 0.0) -> bool:
+        """The node has received more than ``received`` frames and finished with every one
+        (localized, rejected, replaced, or without camera_info), per /diagnostics."""
+        d = self.last_diag()
+        got = float(d.get('frames_received', 0))
+        done = sum(float(d.get(k, 0)) for k in (
+            'frames_processed', 'frames_rejected', 'frames_dropped', 'frames_unmatched',
+            'frames_failed', 'frames_not_requested'))
+        return got > received and done == got
+
     def publish_and_wait(self, image, info, timeout_s: float = 30.0) -> int:
         """Publishes one frame and waits until the node has finished with it (so the next
-        frame cannot replace it, whatever the machine's load); returns its stamp."""
-        before = self.handled()
+        frame cannot replace it, whatever the machine's load); returns its stamp. The count
+        before comes from a /diagnostics message sent after the node settled, so that a late
+        report of an earlier frame cannot pass for this one."""
+        with self.lock:
+            seen = len(self.diagnostics)
+        assert wait_for(lambda: len(self.diagnostics) >= seen + 2
+                        and self.settled(-1.0), timeout_s), self.last_diag()
+        received = float(self.last_diag()['frames_received'])
         stamp = self.publish(image, info)
-        assert wait_for(lambda: self.handled() > before, timeout_s), self.last_diag()
+        assert wait_for(lambda: self.settled(received), timeout_s), self.last_diag()
         return stamp
 
     def close(self) -> None:
