@@ -339,8 +339,10 @@ class Relocalization:
         return text
 
     def _on_requested_pose(self, best: FrameOutcome) -> None:
-        """A request's chosen frame: /initialpose (AMCL reset), the gate starts from it."""
-        self._outputs.publish_initialpose(best.stamp_ns, best.robot)
+        """A request's chosen frame: /initialpose (AMCL reset; needs the base pose), the gate
+        starts from it."""
+        if best.robot is not None:
+            self._outputs.publish_initialpose(best.stamp_ns, best.robot)
         self._gate.reset()
         references = {'camera': best.T_map_camera}
         if best.robot is not None and best.robot.T_map_odom is not None:

@@ -159,9 +159,11 @@ class RelocalizeService:
             _complete(request, False, f'publishing the pose failed: {exc}')
             return
         self.succeeded += 1
-        T = best.robot.T_map_base
         s = self._settings()
-        message = (f'localized {s.base_frame} in {s.map_frame}: x={T[0, 3]:.3f} y={T[1, 3]:.3f} '
+        # A camera without a robot (base_frame empty): the camera's pose, no /initialpose.
+        T, what = ((best.robot.T_map_base, s.base_frame) if best.robot is not None
+                   else (best.T_map_camera, 'the camera (no base_frame)'))
+        message = (f'localized {what} in {s.map_frame}: x={T[0, 3]:.3f} y={T[1, 3]:.3f} '
                    f'z={T[2, 3]:.3f} m, yaw={math.degrees(yaw_of(T)):.1f} deg; '
                    f'{best.inliers} inliers (best of {len(request.outcomes)} frames, stamp '
                    f'{best.stamp_ns / 1e9:.3f} s)')
