@@ -279,3 +279,51 @@ def test_help_prints_parameters_and_exits(capsys):
     assert lifecycle_node.main(['-h', '--ros-args', '-p', 'x:=1']) == 0
     assert capsys.readouterr().out.startswith('usage: relocalize_lifecycle_node')
     assert node.wants_help(['--ros-args', '-p', 'a:=--help']) is False
+
+
+def test_on_request_only_for_a_camera_without_a_robot(ros_env, scene_dir):  # noqa: F811
+    """continuous false: frames are counted, not localized, until ~/relocalize; a camera
+    without base_frame gets its camera pose in the answer and no /initialpose."""
+    from geometry_msgs.msg import PoseWithCovarianceStamped
+    from rclpy.executors import MultiThreadedExecutor
+    from std_srvs.srv import Trigger
+
+    from dsac_ros.ros.node import RelocalizeNode
+
+    env = own_domain(ros_env)
+    client = RosClient(env)
+    reloc = _RecordingRelocalizer()
+    node = RelocalizeNode(relocalizer=reloc, context=client.context, parameter_overrides=[
+        Parameter('input_reliability', value='reliable'), Parameter('tf_mode', value='none'),
+        Parameter('base_frame', value=''), Parameter('diagnostics_period_s', value=0.1),
+        Parameter('continuous', value=False), Parameter('relocalize_frames', value=2)])
+    executor = MultiThreadedExecutor(num_threads=2, context=client.context)
+    executor.add_node(node)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    initialposes = []
+    client.node.create_subscription(PoseWithCovarianceStamped, '/initialpose',
+                                    initialposes.append, 10)
+    trigger = client.node.create_client(Trigger, '/relocalize_node/relocalize')
+    frame = load_frames(scene_dir, 'test')[0]
+    try:
+        assert wait_for(lambda: client.image_pub.get_subscription_count() > 0, 10.0)
+        client.publish_and_wait(*_good(frame))
+        assert client.counter('frames_not_requested') == 1 and not reloc.seen
+        assert trigger.wait_for_service(10.0)
+        future = trigger.call_async(Trigger.Request())
+        for _ in range(20):  # frames until the request is answered
+            if future.done():
+                break
+            client.publish(*_good(frame))
+            time.sleep(0.1)
+        assert wait_for(future.done, 10.0)
+        answer = future.result()
+        assert answer.success and 'the camera (no base_frame)' in answer.message, answer.message
+        assert '500 inliers' in answer.message and len(reloc.seen) >= 2
+        assert not initialposes
+    finally:
+        executor.shutdown()
+        spinner.join(5.0)
+        node.destroy_node()
+        client.close()
