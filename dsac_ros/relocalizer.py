@@ -5,6 +5,11 @@ the scene-coordinate network once, then estimate the pose with `DsacEstimator` (
 or DSAC selection). The ROS node (`dsac_ros.ros.node`) and the evaluator
 (`dsac_ros.evaluation.run`) both use this module.
 
+RGB-D: given a depth image registered to the colour image (any resolution, same field of
+view), the pose comes from the estimator's RGB-D mode (`dsac_ros.dsac.rgbd`: Kabsch hypotheses,
+3D inliers); a frame whose depth has too few valid cells falls back to RGB, and the
+`Localization` says which mode produced its pose and why depth was not used.
+
 Conventions (docs/CONTRACTS.md): images are uint8 (H, W, 3) RGB; K (3, 3) pixels with the
 OpenCV pixel-centre convention; T_cw is world-to-camera, T_wc camera-to-world (what ROS
 publishes as map -> camera).
@@ -21,7 +26,7 @@ than float32). The estimator runs in float64 on the CPU (same speed as float32 t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 import enum
 import logging
 import os
@@ -35,7 +40,15 @@ import torch
 from torch import Tensor
 
 from dsac_ros.device import bf16_supported, check_device_name, resolve_device
-from dsac_ros.dsac import DsacEstimator, EstimatorConfig, PoseEstimate, Selection
+from dsac_ros.dsac import (
+    DsacEstimator,
+    EstimatorConfig,
+    PoseEstimate,
+    PoseMode,
+    Selection,
+    cell_depths,
+)
+from dsac_ros.dsac.config import apply_estimator_metadata
 from dsac_ros.geometry.camera import as_intrinsics_np, scale_intrinsics_np
 from dsac_ros.models.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 
@@ -43,9 +56,11 @@ __all__ = [
     'CheckpointError',
     'Localization',
     'NetworkPrecision',
+    'PoseMode',
     'Prediction',
     'Relocalizer',
     'RelocalizerConfig',
+    'check_depth_image',
 ]
 
 LOGGER = logging.getLogger(__name__)
@@ -72,7 +87,9 @@ class RelocalizerConfig:
     Attributes:
         device: 'auto' (CUDA when available, else CPU), 'cpu', or 'cuda' / 'cuda:N' (falls back
             to the CPU with a logged warning when CUDA is absent).
-        estimator: DSAC estimator settings (selection mode, hypotheses, thresholds).
+        estimator: DSAC estimator settings (selection mode, hypotheses, thresholds). Settings
+            left unset (None: `inlier_threshold_cm`) take the checkpoint's values
+            (`dsac_ros.dsac.config.apply_estimator_metadata`).
         use_score_net: score hypotheses with the checkpoint's ScoreNet when it holds one. Default
             False: the soft inlier count (paper Eq. 8 with a sigmoid), which needs no training
             and is what a componentwise-trained model without a score CNN is used with.
@@ -118,6 +135,10 @@ class Localization:
             blocks by R_wc for the world frame. diag(1e6) when not valid.
         timings: milliseconds spent in 'preprocess' (checks, resize, upload), 'network' and
             'estimator'.
+        mode: which correspondences produced the pose: PoseMode.RGB (2D-3D) or PoseMode.RGBD
+            (3D-3D from depth; inlier_count then counts cells within inlier_threshold_cm).
+        depth_fallback: why a frame that came with depth was localized with RGB ('' when
+            depth was used or none was given).
     """
 
     T_wc: np.ndarray
@@ -128,6 +149,8 @@ class Localization:
     score_entropy: float
     covariance: np.ndarray
     timings: dict[str, float]
+    mode: PoseMode = PoseMode.RGB
+    depth_fallback: str = ''
 
 
 @dataclass(frozen=True)
@@ -138,11 +161,17 @@ class Prediction:
         scene_coords_b3hw: (B, 3, H/8, W/8) world coordinates (metres), on the device.
         K_b33: (B, 3, 3) intrinsics of the resized (training-size) images, same dtype/device.
         timings: per-image milliseconds for 'preprocess' and 'network'.
+        depth_bhw: (B, H/8, W/8) depth of every cell centre (metres, NaN = invalid;
+            `dsac_ros.dsac.cell_depths`), same dtype/device, or None when no image came with
+            depth; images without depth have all-NaN rows.
+        depth_given_b: per image, whether it came with a depth image.
     """
 
     scene_coords_b3hw: Tensor
     K_b33: Tensor
     timings: dict[str, float]
+    depth_bhw: Tensor | None = None
+    depth_given_b: tuple[bool, ...] = ()
 
 
 def _check_image(image: np.ndarray, name: str = 'image_rgb_hw3') -> None:
@@ -154,6 +183,23 @@ def _check_image(image: np.ndarray, name: str = 'image_rgb_hw3') -> None:
         raise ValueError(f'{name} must have shape (H, W, 3), got {image.shape}')
     if image.shape[0] < 8 or image.shape[1] < 8:
         raise ValueError(f'{name} is empty or too small: shape {image.shape}')
+
+
+def check_depth_image(depth: np.ndarray, image_shape: tuple[int, ...],
+                 name: str = 'depth_m') -> None:
+    """Checks a depth image registered to an image of `image_shape` (H, W, ...): float32 /
+    float64 metres (H', W') of the same aspect ratio (1 %); ValueError naming `name`."""
+    if not isinstance(depth, np.ndarray):
+        raise ValueError(f'{name} must be a numpy array, got {type(depth).__name__}')
+    if depth.dtype not in (np.float32, np.float64):
+        raise ValueError(f'{name} must be float32/float64 metres (NaN or 0 = invalid), got dtype '
+                         f'{depth.dtype} (16UC1 millimetres: divide by 1000)')
+    if depth.ndim != 2 or depth.shape[0] < 1 or depth.shape[1] < 1:
+        raise ValueError(f'{name} must have shape (H, W), got {depth.shape}')
+    h, w = image_shape[:2]
+    if abs(depth.shape[1] / depth.shape[0] - w / h) > 0.01 * (w / h):
+        raise ValueError(f'{name} is {depth.shape[1]}x{depth.shape[0]} but the image is {w}x{h}:'
+                         ' depth must be registered to the colour image (same field of view)')
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:
@@ -213,6 +259,7 @@ class Relocalizer:
         return ('bf16' in trained or 'bfloat16' in trained) and bf16_supported(self.device)
 
     def _make_estimator(self, config: EstimatorConfig) -> DsacEstimator:
+        config = apply_estimator_metadata(config, self.metadata)
         score_fn = None
         if self.config.use_score_net:
             if self.score_net is None:
@@ -253,19 +300,25 @@ class Relocalizer:
         return resized, K_out
 
     def predict(self, images_rgb: Sequence[np.ndarray],
-                K_33s: Sequence[np.ndarray | None] | None = None) -> Prediction:
+                K_33s: Sequence[np.ndarray | None] | None = None,
+                depths_m: Sequence[np.ndarray | None] | None = None) -> Prediction:
         """Run the scene-coordinate network once on B images.
 
         Args:
             images_rgb: B uint8 (H_i, W_i, 3) RGB images (any size; resized to the model's).
             K_33s: B intrinsics (3, 3) in pixels of the images as given, or None entries (or
                 None) for the model's training camera.
+            depths_m: B depth images registered to the colour images, or None entries (or
+                None) for RGB only: float (H', W') metres along the optical axis, NaN / inf /
+                <= 0 invalid, any resolution of the colour image's aspect; resampled to the
+                cell grid (`dsac_ros.dsac.cell_depths`).
 
         Returns:
             Prediction with (B, 3, h/8, w/8) scene coordinates and the matching (B, 3, 3) K.
 
         Raises:
-            ValueError: wrong dtype / shape, empty image, NaN or zero-focal K.
+            ValueError: wrong dtype / shape, empty image, NaN or zero-focal K, depth not float
+                or not of the image's aspect.
         """
         t0 = time.perf_counter()
         images_rgb = list(images_rgb)
@@ -276,9 +329,15 @@ class Relocalizer:
         K_33s = list(K_33s)
         if len(K_33s) != len(images_rgb):
             raise ValueError(f'{len(images_rgb)} images but {len(K_33s)} intrinsics')
+        depths = [None] * len(images_rgb) if depths_m is None else list(depths_m)
+        if len(depths) != len(images_rgb):
+            raise ValueError(f'{len(images_rgb)} images but {len(depths)} depth images')
         resized, Ks = [], []
-        for i, (image, K) in enumerate(zip(images_rgb, K_33s)):
+        for i, (image, K, depth) in enumerate(zip(images_rgb, K_33s, depths)):
             _check_image(image, f'image {i}' if len(images_rgb) > 1 else 'image_rgb_hw3')
+            if depth is not None:
+                check_depth_image(depth, image.shape,
+                                  f'depth {i}' if len(depths) > 1 else 'depth_m')
             K = None if K is None else as_intrinsics_np(K, 'K_33')
             image, K = self._resize(image, K)
             resized.append(image)
@@ -296,25 +355,70 @@ class Relocalizer:
         coords = coords.to(self.estimator_dtype).contiguous().clone()
         self._sync()
         t2 = time.perf_counter()
+        depth_bhw = self._cell_depths(depths, coords.shape[-2:])
+        self._sync()
+        t3 = time.perf_counter()
         n = len(images_rgb)
-        return Prediction(coords, K_b33, {'preprocess': 1e3 * (t1 - t0) / n,
-                                          'network': 1e3 * (t2 - t1) / n})
+        return Prediction(coords, K_b33, {'preprocess': 1e3 * ((t1 - t0) + (t3 - t2)) / n,
+                                          'network': 1e3 * (t2 - t1) / n},
+                          depth_bhw=depth_bhw,
+                          depth_given_b=tuple(d is not None for d in depths))
 
-    def estimate(self, prediction: Prediction,
-                 selection: Selection | str | None = None) -> list[Localization]:
+    def _cell_depths(self, depths: list[np.ndarray | None],
+                     grid_hw: tuple[int, int]) -> Tensor | None:
+        """(B, h, w) cell depths of the given depth images (NaN rows for None), or None."""
+        if all(d is None for d in depths):
+            return None
+        h, w = int(grid_hw[0]), int(grid_hw[1])
+        rows = []
+        for depth in depths:  # images of different sizes: one resampling each
+            if depth is None:
+                rows.append(torch.full((1, h, w), torch.nan, dtype=self.estimator_dtype,
+                                       device=self.device))
+                continue
+            d = torch.from_numpy(np.ascontiguousarray(depth)).to(self.device)
+            rows.append(cell_depths(d[None], (h, w), self.coord_net.stride).to(
+                self.estimator_dtype))
+        return torch.cat(rows)
+
+    def estimate(self, prediction: Prediction, selection: Selection | str | None = None,
+                 use_depth: bool = True) -> list[Localization]:
         """Poses of the B images of `prediction` (the network output may be reused).
 
         Args:
             prediction: from `predict`.
             selection: overrides the configured selection mode (RANSAC / SoftAM / DSAC).
+            use_depth: localize the images that came with depth in RGB-D mode (False: RGB for
+                all, e.g. to compare both modes on one network output).
+
+        Images with depth but fewer valid depth cells than an RGB-D pose needs
+        (max(3, min_inliers_for_pose)) are localized with RGB; their `depth_fallback` says so.
         """
         estimator = self._estimator
         if selection is not None and Selection(selection) != estimator.config.selection:
             estimator = self._estimator_for(estimator, Selection(selection))
+        n = prediction.scene_coords_b3hw.shape[0]
+        fallback = [''] * n
+        rgbd_b = [False] * n
+        if use_depth and prediction.depth_bhw is not None:
+            needed = max(3, estimator.config.min_inliers_for_pose)
+            counts = torch.isfinite(prediction.depth_bhw).flatten(1).sum(dim=1).tolist()
+            for b, (given, count) in enumerate(zip(prediction.depth_given_b, counts)):
+                rgbd_b[b] = given and count >= needed
+                if given and not rgbd_b[b]:
+                    fallback[b] = f'{count} cells with valid depth, fewer than {needed}'
         t0 = time.perf_counter()
-        # generator None: a fresh one seeded with the estimator's seed (same image, same pose).
-        est: PoseEstimate = estimator.estimate(prediction.scene_coords_b3hw, prediction.K_b33,
-                                               self.coord_net.stride)
+        if all(rgbd_b) or not any(rgbd_b):
+            est = self._run(estimator, prediction, None, all(rgbd_b))
+            order = list(range(n))
+        else:  # some with depth, some without: two estimator calls
+            with_depth = [b for b in range(n) if rgbd_b[b]]
+            without = [b for b in range(n) if not rgbd_b[b]]
+            parts = [self._run(estimator, prediction, idx, depth)
+                     for idx, depth in ((with_depth, True), (without, False))]
+            est = PoseEstimate(*(torch.cat([getattr(p, f.name) for p in parts])
+                                 for f in fields(PoseEstimate)))
+            order = [(with_depth + without).index(b) for b in range(n)]
         T_cw = est.T_cw_b44.double().cpu().numpy()
         T_wc = est.T_wc_b44.double().cpu().numpy()
         cov = est.covariance_b66.double().cpu().numpy()
@@ -322,20 +426,34 @@ class Relocalizer:
         inliers = est.inlier_count_b.cpu().numpy()
         ratio = est.inlier_ratio_b.double().cpu().numpy()
         entropy = est.score_entropy_b.double().cpu().numpy()
-        n = T_cw.shape[0]
         estimator_ms = 1e3 * (time.perf_counter() - t0) / n
         out = []
         for b in range(n):
             timings = dict(prediction.timings)
             timings['estimator'] = estimator_ms
+            k = order[b]
             out.append(Localization(
-                T_wc=_readonly(T_wc[b].copy()), T_cw=_readonly(T_cw[b].copy()),
-                valid=bool(valid[b]), inlier_count=int(inliers[b]),
-                inlier_ratio=float(ratio[b]), score_entropy=float(entropy[b]),
-                covariance=_readonly(cov[b].copy()), timings=timings))
+                T_wc=_readonly(T_wc[k].copy()), T_cw=_readonly(T_cw[k].copy()),
+                valid=bool(valid[k]), inlier_count=int(inliers[k]),
+                inlier_ratio=float(ratio[k]), score_entropy=float(entropy[k]),
+                covariance=_readonly(cov[k].copy()), timings=timings,
+                mode=PoseMode.RGBD if rgbd_b[b] else PoseMode.RGB, depth_fallback=fallback[b]))
         return out
 
-    def localize(self, image_rgb_hw3: np.ndarray, K_33: np.ndarray | None = None) -> Localization:
+    def _run(self, estimator: DsacEstimator, prediction: Prediction, images: list[int] | None,
+             depth: bool) -> PoseEstimate:
+        """The estimator on all images (None) or a subset, RGB-D when `depth`."""
+        coords, K = prediction.scene_coords_b3hw, prediction.K_b33
+        depth_bhw = prediction.depth_bhw if depth else None
+        if images is not None:
+            index = torch.tensor(images, device=coords.device)
+            coords, K = coords[index], K[index]
+            depth_bhw = None if depth_bhw is None else depth_bhw[index]
+        # generator None: a fresh one seeded with the estimator's seed (same image, same pose).
+        return estimator.estimate(coords, K, self.coord_net.stride, depth_bhw=depth_bhw)
+
+    def localize(self, image_rgb_hw3: np.ndarray, K_33: np.ndarray | None = None,
+                 depth_m: np.ndarray | None = None) -> Localization:
         """Pose of one image.
 
         Args:
@@ -343,25 +461,32 @@ class Relocalizer:
                 with cv2.resize, INTER_AREA when shrinking).
             K_33: (3, 3) intrinsics (pixels) of the image as given, or None for the model's
                 training camera.
+            depth_m: depth registered to the image (RealSense / Orbbec `aligned_depth_to_color`):
+                float (H', W') metres along the optical axis, NaN / inf / <= 0 invalid, any
+                resolution of the image's aspect. Given: RGB-D mode (falls back to RGB when
+                too few cells have depth, see `Localization.depth_fallback`). None: RGB.
 
         Returns:
-            Localization (T_wc camera-to-world, T_cw world-to-camera, quality, timings).
+            Localization (T_wc camera-to-world, T_cw world-to-camera, quality, timings, mode).
 
         Raises:
-            ValueError: wrong dtype / shape, empty image, NaN or zero-focal K.
+            ValueError: wrong dtype / shape, empty image, NaN or zero-focal K, depth not float
+                or not of the image's aspect.
         """
         with self._lock:
-            return self.estimate(self.predict([image_rgb_hw3], [K_33]))[0]
+            return self.estimate(self.predict([image_rgb_hw3], [K_33], [depth_m]))[0]
 
     def localize_batch(self, images_rgb: Sequence[np.ndarray],
-                       K_33s: Sequence[np.ndarray | None] | None = None) -> list[Localization]:
-        """Poses of B images with one network call and one batched estimator call.
+                       K_33s: Sequence[np.ndarray | None] | None = None,
+                       depths_m: Sequence[np.ndarray | None] | None = None
+                       ) -> list[Localization]:
+        """Poses of B images with one network call and one batched estimator call per mode.
 
         Timings are per image (batch time / B). The random stream differs from B single calls,
         so poses agree with `localize` up to RANSAC noise, not bit for bit.
         """
         with self._lock:
-            return self.estimate(self.predict(images_rgb, K_33s))
+            return self.estimate(self.predict(images_rgb, K_33s, depths_m))
 
     def _estimator_for(self, base: DsacEstimator, selection: Selection) -> DsacEstimator:
         # One estimator per mode, kept so its scratch buffers are reused from frame to frame;

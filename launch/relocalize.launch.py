@@ -2,15 +2,17 @@
 
 ros2 launch dsac_ros relocalize.launch.py \
     [params_file:=<yaml>] [model_path:=<.pt>] [image_topic:=...] [camera_info_topic:=...] \
+    [depth_topic:=/camera/aligned_depth_to_color/image_raw] \
     [tf_mode:=map_to_odom|map_to_camera|none] [base_frame:=base_link] [odom_frame:=odom] \
     [use_sim_time:=false] [lifecycle:=false]
 
-model_path, image_topic, camera_info_topic, tf_mode, base_frame and odom_frame, when given, set
-the node's parameters of the same name over params_file (empty: the file's value). The topics
-are parameters, not remappings, so they hold whatever the file says and with compressed_input
-(the node then reads <image_topic>/compressed). use_sim_time:=true for a simulator or
-``dsac_replay`` (/clock). lifecycle:=true starts relocalize_lifecycle_node (managed: configure
-and activate it, e.g. with nav2's lifecycle_manager) instead of relocalize_node.
+model_path, image_topic, camera_info_topic, depth_topic (RGB-D), tf_mode, base_frame and
+odom_frame, when given, set the node's parameters of the same name over params_file (empty: the
+file's value). The topics are parameters, not remappings, so they hold whatever the file says
+and with compressed_input (the node then reads <image_topic>/compressed). use_sim_time:=true
+for a simulator or ``dsac_replay`` (/clock). lifecycle:=true starts relocalize_lifecycle_node
+(managed: configure and activate it, e.g. with nav2's lifecycle_manager) instead of
+relocalize_node.
 """
 
 import os
@@ -22,8 +24,8 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 # Launch arguments that override the parameter of the same name when not empty.
-OVERRIDES = ('model_path', 'image_topic', 'camera_info_topic', 'tf_mode', 'base_frame',
-             'odom_frame')
+OVERRIDES = ('model_path', 'image_topic', 'camera_info_topic', 'depth_topic', 'tf_mode',
+             'base_frame', 'odom_frame')
 
 
 def _true(text: str) -> bool:
@@ -60,6 +62,10 @@ def generate_launch_description() -> LaunchDescription:
             'camera_info_topic', default_value='',
             description='Camera calibration topic (sensor_msgs/CameraInfo); empty: from '
                         'params_file'),
+        DeclareLaunchArgument(
+            'depth_topic', default_value='',
+            description='Depth registered to colour (RGB-D, e.g. /camera/aligned_depth_to_color/'
+                        'image_raw); empty: from params_file (there empty: RGB only)'),
         DeclareLaunchArgument(
             'tf_mode', default_value='',
             description='map_to_odom (REP-105, for nav2 / AMCL), map_to_camera or none; '

@@ -74,3 +74,32 @@ def test_demo_ctrl_c_stops_every_child(ros_env, model_path, tmp_path):  # noqa: 
     assert demo.returncode == 130, err
     assert 'interrupted' in err
     assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_rgbd_report_side_by_side_on_common_frames(tmp_path):
+    """The --depth report from recordings (no ROS): each node's poses, then the frames both
+    localized."""
+    import numpy as np
+
+    from dsac_ros.demo.run import DemoResult, _compare_rgbd, format_report
+    from dsac_ros.demo.trajectory import summarize_recording
+
+    def shifted(dx: float) -> list:
+        T = np.eye(4)
+        T[0, 3] = dx
+        return T.tolist()
+
+    gt = {'frames': [{'stamp_ns': s, 'name': f'f{s}', 'T_wc': shifted(0.0)} for s in range(6)]}
+    rgb = {'poses': [{'stamp_ns': s, 'receive_ns': s + 10**8, 'T_wc': shifted(0.1)}
+                     for s in (0, 1, 2)], 'diagnostics': {}}
+    rgbd = {'poses': [{'stamp_ns': s, 'receive_ns': s + 10**8, 'T_wc': shifted(0.01)}
+                      for s in (1, 2, 3, 4)], 'diagnostics': {'poses_rgbd': '4'}}
+    comparison = _compare_rgbd(gt, rgb, rgbd, tmp_path, 0.01)
+    assert comparison.accuracy.poses_matched == 4 and comparison.plot_path.is_file()
+    assert comparison.rgb_on_common.poses_matched == comparison.rgbd_on_common.poses_matched == 2
+    assert comparison.rgbd_on_common.within_5cm_5deg_pct == 100.0
+    assert comparison.rgb_on_common.within_5cm_5deg_pct == 0.0
+    result = DemoResult(summarize_recording(gt, rgb), {}, tmp_path / 'p.png', 1.0, comparison)
+    text = format_report(result)
+    assert 'RGB vs RGB-D' in text and 'frames both localized' in text
+    assert 'poses rgbd / rgb' in text and ': 4 / n/a' in text

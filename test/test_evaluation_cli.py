@@ -48,13 +48,14 @@ def test_cli_writes_json_pngs_and_prints_table(inputs, tmp_path):
         assert (out / name).read_bytes()[:4] == b'\x89PNG'
 
 
-def test_cli_two_scenes_single_mode(inputs):
+def test_cli_two_scenes_single_mode_rgb_and_rgbd(inputs):
     scene, checkpoint = inputs
     proc = run_cli('--checkpoint', str(checkpoint), '--scene', str(scene), str(scene),
                    '--selection', 'ransac', '--hypotheses', '8', '--device', 'cpu',
-                   '--max-frames', '1', '--threads', '1', '--no-progress')
+                   '--max-frames', '1', '--threads', '1', '--no-progress', '--depth',
+                   '--depth-noise', '0.01', '--inlier-threshold-cm', '8')
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines()[1].split() == ['Scene', 'RANSAC']
+    assert proc.stdout.splitlines()[1].split() == ['Scene', 'RANSAC', 'RANSAC', 'RGB-D']
     assert 'Average' in proc.stdout and 'Complete' in proc.stdout
 
 

@@ -120,3 +120,26 @@ def test_frame_indices_and_config_checks():
         EvaluationConfig(selections=('best',))
     with pytest.raises(ValueError):
         EvaluationConfig(selections=())
+
+
+def test_rgbd_side_by_side_on_the_same_frames(scene, tmp_path):
+    frames = list(SceneDataset(scene, 'test'))
+    reloc = oracle_relocalizer(frames)
+    config = EvaluationConfig(selections=('ransac', 'dsac'), depth=True, depth_noise=0.01,
+                              estimator=EstimatorConfig(num_hypotheses=64))
+    result = evaluate(reloc, scene, config)
+    assert list(result.selections) == ['ransac', 'ransac_rgbd', 'dsac', 'dsac_rgbd']
+    assert reloc.coord_net.calls == len(frames) + 1  # one network output for both modes
+    for key, sel in result.selections.items():
+        assert sel.mode.value == ('rgbd' if key.endswith('_rgbd') else 'rgb')
+        assert sel.valid_n.all() and sel.depth_fallbacks == 0
+        assert sel.translation_m_n.max() < 0.02 and sel.rotation_deg_n.max() < 1.0
+    assert result.depth_noise == 0.01
+    table = format_table([result])
+    assert 'RANSAC RGB-D' in table and 'est. DSAC RGB-D' in table
+    data = json.loads(write_report([result], tmp_path)['results'].read_text())
+    scene_json = data['scenes'][0]
+    assert scene_json['selections']['dsac_rgbd']['mode'] == 'rgbd'
+    assert scene_json['depth_noise'] == 0.01
+    with pytest.raises(ValueError, match='depth_noise'):
+        EvaluationConfig(depth=True, depth_noise=-0.1)

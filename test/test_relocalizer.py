@@ -18,10 +18,16 @@ from torch import nn
 
 from dsac_ros.data.seven_scenes import SceneDataset, scene_coordinates_from_depth
 from dsac_ros.data.synthetic import SyntheticRoom, SyntheticSceneConfig, generate_scene
-from dsac_ros.dsac import EstimatorConfig, Selection
+from dsac_ros.dsac import EstimatorConfig, PoseMode, Selection
+from dsac_ros.dsac.config import INLIER_THRESHOLD_CM_KEY
 from dsac_ros.geometry.camera import scale_intrinsics, scale_intrinsics_np
 from dsac_ros.geometry.transforms import pose_errors
-from dsac_ros.models.checkpoint import Checkpoint, CheckpointError, save_checkpoint
+from dsac_ros.models.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+)
 from dsac_ros.models.scene_coordinate_net import SceneCoordinateNet, SceneCoordinateNetConfig
 from dsac_ros.models.score_net import ScoreNet
 from dsac_ros.relocalizer import Localization, Relocalizer, RelocalizerConfig
@@ -273,3 +279,79 @@ def test_score_net_is_used_only_when_asked(tmp_path, frames):
     loc = scored.localize(frames[0].image_rgb, frames[0].K)
     assert calls and calls[0][:2] == (1, FAST.num_hypotheses)
     assert np.isfinite(loc.T_wc).all()
+
+
+# ------------------------------------------------------------------------------------- RGB-D
+
+
+def test_rgbd_oracle_pose_from_registered_depth_at_any_resolution(frames):
+    reloc = oracle_relocalizer(frames)
+    frame = frames[0]
+    rgbd = reloc.localize(frame.image_rgb, frame.K, frame.depth_m)
+    assert rgbd.mode is PoseMode.RGBD and rgbd.depth_fallback == '' and rgbd.valid
+    deg, m = pose_errors(torch.tensor(rgbd.T_cw), torch.from_numpy(np.linalg.inv(frame.T_wc)))
+    assert float(deg) < 0.2 and float(m) < 0.005
+    assert rgbd.inlier_ratio > 0.95
+    # depth at twice the colour resolution (float32, holes as 0) gives the same pose
+    big = cv2.resize(np.nan_to_num(frame.depth_m, nan=0.0), None, fx=2.0, fy=2.0,
+                     interpolation=cv2.INTER_NEAREST)
+    again = reloc.localize(frame.image_rgb, frame.K, big.astype(np.float32))
+    assert again.mode is PoseMode.RGBD
+    np.testing.assert_allclose(again.T_wc, rgbd.T_wc, atol=2e-3)
+    # 1 % depth noise (a real sensor's): still within a centimetre / a degree
+    rng = np.random.default_rng(0)
+    noisy = frame.depth_m * (1.0 + 0.01 * rng.standard_normal(frame.depth_m.shape))
+    loc = reloc.localize(frame.image_rgb, frame.K, noisy.astype(np.float32))
+    deg, m = pose_errors(torch.tensor(loc.T_cw), torch.from_numpy(np.linalg.inv(frame.T_wc)))
+    assert loc.mode is PoseMode.RGBD and float(deg) < 1.0 and float(m) < 0.01
+    assert np.isfinite(loc.covariance).all() and loc.covariance[0, 0] < 1e-3
+
+
+def test_rgbd_falls_back_to_rgb_and_mixes_in_a_batch(frames):
+    reloc = oracle_relocalizer(frames)
+    frame = frames[1]
+    rgb = reloc.localize(frame.image_rgb, frame.K)
+    assert rgb.mode is PoseMode.RGB and rgb.depth_fallback == ''
+    empty = np.full_like(frame.depth_m, np.nan)
+    fallback = reloc.localize(frame.image_rgb, frame.K, empty)
+    assert fallback.mode is PoseMode.RGB and 'valid depth' in fallback.depth_fallback
+    np.testing.assert_array_equal(fallback.T_wc, rgb.T_wc)
+    images = [f.image_rgb for f in frames]
+    locs = reloc.localize_batch(images, [f.K for f in frames],
+                                [frames[0].depth_m, None, np.zeros_like(frames[2].depth_m)])
+    assert [loc.mode for loc in locs] == [PoseMode.RGBD, PoseMode.RGB, PoseMode.RGB]
+    assert [bool(loc.depth_fallback) for loc in locs] == [False, False, True]
+    for loc, f in zip(locs, frames):
+        deg, m = pose_errors(torch.tensor(loc.T_cw), torch.from_numpy(np.linalg.inv(f.T_wc)))
+        assert loc.valid and float(deg) < 0.5 and float(m) < 0.01
+    # one network output, both modes (what the evaluator compares)
+    prediction = reloc.predict([frame.image_rgb], [frame.K], [frame.depth_m])
+    (as_rgb,) = reloc.estimate(prediction, use_depth=False)
+    (as_rgbd,) = reloc.estimate(prediction)
+    assert as_rgb.mode is PoseMode.RGB and as_rgbd.mode is PoseMode.RGBD
+    np.testing.assert_array_equal(as_rgb.T_wc, rgb.T_wc)
+
+
+@pytest.mark.parametrize('depth, match', [
+    (np.zeros((120, 160), np.uint16), 'float32/float64 metres'),
+    (np.zeros((120, 200), np.float32), 'registered'),
+    (np.zeros((120, 160, 1), np.float32), r'\(H, W\)'),
+    ([[1.0]], 'numpy array'),
+])
+def test_bad_depth_raises(frames, depth, match):
+    with pytest.raises(ValueError, match=match):
+        oracle_relocalizer(frames).localize(frames[0].image_rgb, frames[0].K, depth)
+
+
+def test_rgbd_threshold_default_travels_in_the_checkpoint(tmp_path, frames):
+    path = tiny_checkpoint(tmp_path / 'm.pt')
+    ckpt = load_checkpoint(path)
+    ckpt.metadata[INLIER_THRESHOLD_CM_KEY] = 3.5
+    reloc = Relocalizer(ckpt, RelocalizerConfig(device='cpu', estimator=FAST))
+    assert reloc.estimator_config.inlier_threshold_cm == 3.5
+    reloc.set_estimator_config(EstimatorConfig(num_hypotheses=8))
+    assert reloc.estimator_config.inlier_threshold_cm == 3.5
+    reloc.set_estimator_config(EstimatorConfig(num_hypotheses=8, inlier_threshold_cm=8.0))
+    assert reloc.estimator_config.inlier_threshold_cm == 8.0
+    plain = Relocalizer.from_checkpoint(path, RelocalizerConfig(device='cpu', estimator=FAST))
+    assert plain.estimator_config.inlier_threshold_cm is None  # the estimator's 10 cm

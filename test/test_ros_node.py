@@ -525,18 +525,21 @@ def test_pose_tf_and_covariance_agree(running_node, frames):
 
 @pytest.fixture(scope='module')
 def played(ros_env, model_path, scene_dir, tmp_path_factory):
-    """Runs player, node and recorder processes once; returns (gt, recorded, node log)."""
+    """Runs player, node and recorder processes once; returns (gt, recorded, node log). The
+    player also publishes depth (which this RGB node does not read) and the recorder keeps the
+    diagnostics of this node only, the demo's RGB-D set-up."""
     out = tmp_path_factory.mktemp('played')
     gt_path, poses_path, ready = out / 'gt.json', out / 'poses.json', out / 'ready'
     with RosProcesses(own_domain(ros_env), out) as procs:
         recorder = procs.start('recorder', module_command(
-            'dsac_ros.demo.pose_recorder', str(poses_path), '--ready-file', str(ready)))
+            'dsac_ros.demo.pose_recorder', str(poses_path), '--ready-file', str(ready),
+            '--node', 'relocalize_node'))
         node = procs.start('node', node_command(
             PARAMS_FILE, {'model_path': str(model_path), **NODE_TEST_PARAMS}))
         assert wait_for(ready.exists, 30.0, children=[recorder]), recorder.log()
         player = procs.start('player', module_command(
             'dsac_ros.demo.player', str(scene_dir), '--rate', '5', '--gt-out', str(gt_path),
-            '--wait-timeout', '60'))
+            '--wait-timeout', '60', '--depth-topic', DEPTH_TOPIC, '--depth-noise', '0.01'))
         assert player.process.wait(90) == 0, player.log()
         time.sleep(3.0)  # the node finishes its last frame and reports once more
         assert procs.stop(recorder) == 0, recorder.log()
@@ -611,3 +614,78 @@ def test_pose_errors_reference():
     rot, trans = pose_errors_np(T_est[None], T_gt[None], 'T_wc')
     np.testing.assert_allclose(rot, np.degrees(np.linalg.norm(rvec)), rtol=1e-9)
     np.testing.assert_allclose(trans, 0.05)
+
+
+# -- RGB-D: a depth topic from another process ----------------------------------------------
+
+DEPTH_TOPIC = '/camera/aligned_depth_to_color/image_raw'
+
+
+def test_rgbd_node_pairs_depth_by_stamp_and_falls_back_with_reasons(ros_env, model_path,
+                                                                    scene_dir, tmp_path):
+    """The node in its own process on a depth topic: 16UC1 / 32FC1 depth (another resolution,
+    a stamp within the tolerance) gives RGB-D poses; a frame without depth of its stamp, with
+    a depth image of the wrong encoding or size, or with all depth invalid, is localized with
+    RGB, and each reason is counted in /diagnostics and logged."""
+    frame = load_frames(scene_dir, 'test', load_depth=True)[0]
+    env = own_domain(ros_env)
+    with RosProcesses(env, tmp_path) as procs:
+        node = procs.start('node', node_command(PARAMS_FILE, {
+            'model_path': str(model_path), **NODE_TEST_PARAMS, 'depth_topic': DEPTH_TOPIC,
+            'depth_stamp_tolerance_s': 0.01, 'depth_wait_s': 0.3}))
+        client = RosClient(env)
+        depth_pub = client.node.create_publisher(
+            Image, DEPTH_TOPIC, QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+        image, info = _good(frame)
+        height, width = frame.image_rgb.shape[:2]
+
+        def send(depth_msg, offset_ms: float = 0.0) -> int:
+            before = client.handled()
+            stamp = time.time_ns()
+            messages.ns_to_stamp(stamp, image.header.stamp)
+            info.header.stamp = image.header.stamp
+            if depth_msg is not None:
+                messages.ns_to_stamp(stamp + int(offset_ms * 1e6), depth_msg.header.stamp)
+                depth_pub.publish(depth_msg)
+            client.info_pub.publish(info)
+            client.image_pub.publish(image)
+            assert wait_for(lambda: client.handled() > before, 30.0), client.last_diag()
+            return stamp
+
+        try:
+            assert wait_for(lambda: depth_pub.get_subscription_count() > 0
+                            and client.wait_node(1.0), 60.0, children=[node]), node.log()
+            mm = messages.depth_to_image_msg(frame.depth_m, '16UC1', 'camera_optical')
+            half = cv2.resize(frame.depth_m, (width // 2, height // 2),
+                              interpolation=cv2.INTER_NEAREST)
+            metres = messages.depth_to_image_msg(half, '32FC1', 'camera_optical')
+            rgbd_stamps = [send(mm), send(metres, offset_ms=5.0)]
+            assert client.last_diag()['last_mode'] == 'rgbd', client.last_diag()
+            assert client.counter('depth_received') >= 2
+            send(None)  # no depth at all
+            send(mm, offset_ms=50.0)  # depth of another frame (outside 10 ms)
+            assert client.last_diag()['last_mode'] == 'rgb'
+            assert client.counter('depth_fallback_no_depth') == 2, client.last_diag()
+            wrong_encoding = messages.rgb_to_image_msg(frame.image_rgb)
+            wrong_size = messages.depth_to_image_msg(frame.depth_m[:, : width // 2], '16UC1')
+            all_invalid = messages.depth_to_image_msg(np.zeros_like(frame.depth_m), '16UC1')
+            for msg in (wrong_encoding, wrong_size, all_invalid):
+                send(msg)
+            d = client.last_diag()
+            assert float(d['depth_fallback_bad_depth']) == 2 and d['last_mode'] == 'rgb', d
+            assert float(d['depth_fallback_invalid_depth']) == 1, d
+            assert float(d['frames_processed']) == 7 and float(d['frames_rejected']) == 0, d
+            if HAS_REAL_MODEL:
+                assert float(d['poses_rgbd']) == 2 and float(d['poses_rgb']) == 5, d
+                assert wait_for(lambda: len(client.poses) >= 7, 10.0)
+                by_stamp = {messages.stamp_to_ns(p.header.stamp): p for p in client.poses}
+                for stamp in rgbd_stamps:
+                    T = messages.pose_msg_to_matrix(by_stamp[stamp].pose)
+                    deg, m = pose_errors_np(T[None], frame.T_wc[None], convention='T_wc')
+                    assert float(deg[0]) < 2.0 and float(m[0]) < 0.05, (deg, m)
+        finally:
+            client.close()
+        assert procs.stop(node) == 0
+    log = node.log()
+    assert 'RGB-D' in log and 'no depth on ' + DEPTH_TOPIC in log, log[-3000:]
+    assert 'depth not usable' in log and 'rgb8' in log and 'registered' in log, log[-3000:]

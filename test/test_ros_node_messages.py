@@ -222,3 +222,77 @@ def test_pipeline_undistorts_and_passes_camera_k():
     n = len(reloc.calls)
     bad = pipeline.process(messages.rgb_to_image_msg(rgb[:120, :160].copy()), info)
     assert bad.localization is None and '160x120' in bad.error and len(reloc.calls) == n
+
+
+# -- RGB-D: depth messages, stamp pairing, the pipeline's depth path --------------------------
+
+
+@pytest.mark.parametrize('encoding', ['16UC1', '32FC1'])
+def test_depth_message_round_trip(encoding):
+    depth = np.random.default_rng(3).uniform(0.3, 8.0, (6, 9)).astype(np.float32)
+    depth[0, 0], depth[1, 1], depth[2, 2] = np.nan, 0.0, -1.0
+    msg = messages.depth_to_image_msg(depth, encoding, 'cam')
+    assert msg.encoding == encoding and msg.header.frame_id == 'cam'
+    back = messages.depth_msg_to_m(msg)
+    valid = np.isfinite(depth) & (depth > 0)
+    np.testing.assert_allclose(back[valid], depth[valid], atol=5e-4 if encoding == '16UC1' else 0)
+    assert np.isnan(back[~valid]).all()
+    with pytest.raises(ValueError, match='one channel'):
+        messages.depth_msg_to_m(messages.rgb_to_image_msg(np.zeros((4, 4, 3), np.uint8)))
+
+
+class _DepthRelocalizer:
+    """Records what the pipeline hands over; reports too little depth like Relocalizer when
+    the depth has fewer than 10 valid pixels."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def localize(self, image, K, depth_m=None):
+        from dsac_ros.dsac import PoseMode
+
+        self.calls.append((image, K, depth_m))
+        few = depth_m is not None and int(np.isfinite(depth_m).sum()) < 10
+        mode = PoseMode.RGBD if depth_m is not None and not few else PoseMode.RGB
+        return type('Loc', (), {'timings': {}, 'mode': mode,
+                                'depth_fallback': 'too few' if few else ''})()
+
+
+def test_pipeline_depth_paths_and_undistorted_depth():
+    from dsac_ros.dsac import PoseMode
+    from dsac_ros.ros.pipeline import DepthFallback, FramePipeline
+
+    K = np.array([[300.0, 0, 160.0], [0, 300.0, 120.0], [0, 0, 1]])
+    rgb = np.zeros((240, 320, 3), np.uint8)
+    image = messages.rgb_to_image_msg(rgb)
+    info = messages.intrinsics_to_camera_info(K, 320, 240)
+    depth = np.random.default_rng(1).uniform(1.0, 4.0, (240, 320)).astype(np.float32)
+    reloc = _DepthRelocalizer()
+    pipeline = FramePipeline(reloc, expects_depth=True)
+    ok = pipeline.process(image, info, messages.depth_to_image_msg(depth, '32FC1'))
+    assert ok.mode is PoseMode.RGBD and ok.depth_fallback is None
+    np.testing.assert_array_equal(reloc.calls[-1][2], depth)
+    missing = pipeline.process(image, info, None)
+    assert missing.depth_fallback is DepthFallback.NO_DEPTH and len(reloc.calls[-1]) == 3
+    assert reloc.calls[-1][2] is None and missing.mode is PoseMode.RGB
+    wrong = pipeline.process(image, info, messages.depth_to_image_msg(depth[:, :100]))
+    assert wrong.depth_fallback is DepthFallback.BAD_DEPTH and 'registered' in wrong.depth_error
+    assert wrong.localization is not None and wrong.error is None  # the frame still localizes
+    empty = pipeline.process(image, info, messages.depth_to_image_msg(0 * depth))
+    assert empty.depth_fallback is DepthFallback.INVALID_DEPTH and empty.depth_error == 'too few'
+    # With lens distortion the depth (here at half resolution) is undistorted like the image,
+    # nearest-neighbour: a step edge stays a step (no depth invented between the surfaces).
+    info.d = [-0.25, 0.07, 0.0, 0.0, 0.0]
+    step = np.where(np.arange(160)[None, :] < 80, 1.0, 3.0).repeat(120, 0).astype(np.float32)
+    pipeline.process(image, info, messages.depth_to_image_msg(step, '32FC1'))
+    out = reloc.calls[-1][2]
+    K_half = np.array([[150.0, 0, 79.75], [0, 150.0, 59.75], [0, 0, 1]])
+    expected = cv2.undistort(step, K_half, np.asarray(info.d), None, K_half)
+    assert out.shape == (120, 160)
+    assert set(np.unique(out[np.isfinite(out)])) <= {0.0, 1.0, 3.0}
+    inner = (slice(20, -20), slice(20, -20))
+    agree = np.abs(out[inner] - expected[inner]) < 0.5
+    assert agree.mean() > 0.97
+    # an RGB-only pipeline ignores depth entirely
+    rgb_only = FramePipeline(reloc).process(image, info, None)
+    assert rgb_only.depth_fallback is None and len(reloc.calls[-1]) == 3

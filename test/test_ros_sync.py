@@ -112,21 +112,61 @@ def test_bad_arguments():
         StampSynchronizer('image', ['camera_info'], optional=['depth'])
     with pytest.raises(ValueError, match='tolerance'):
         StampSynchronizer('image', ['camera_info'], tolerance_ns=-1)
+    with pytest.raises(ValueError, match='not secondaries'):
+        StampSynchronizer('image', ['camera_info'], tolerance_ns={'depth': 1})
+    with pytest.raises(ValueError, match='fallback'):
+        StampSynchronizer('image', ['camera_info'], fallback=['depth'])
     with pytest.raises(ValueError, match='queue_size'):
         StampSynchronizer('image', ['camera_info'], queue_size=0)
     with pytest.raises(KeyError):
         StampSynchronizer('image', ['camera_info']).add('depth', 0, None)
 
 
-def test_release_optional_lets_a_lone_primary_go_without_the_unseen_stream():
+def test_release_lets_a_lone_primary_go_without_the_unseen_stream():
     sync = StampSynchronizer('image', ['camera_info'], optional=['camera_info'])
     assert sync.add('image', 1, 'a') == []
-    assert sync.release_optional(lambda item: False) == []
-    (match,) = sync.release_optional(lambda item: item == 'a')
+    assert sync.release(lambda item: False) == []
+    (match,) = sync.release(lambda item: item == 'a')
     assert match.items == {'image': 'a', 'camera_info': None}
     sync.add('camera_info', 2, 'K')
     assert sync.add('image', 3, 'b') == []
-    assert sync.release_optional() == []  # the stream has delivered: required now
+    assert sync.release() == []  # the stream has delivered: required now
+
+
+def test_fallback_stream_depth_exact_nearest_late_or_none():
+    """RGB-D: depth pairs by stamp within its own tolerance; a frame without depth of its
+    stamp goes out with None (localized with RGB) once depth passed it or the caller's wait
+    is over, and never holds camera_info's exact pairing back."""
+    sync = StampSynchronizer('image', ['camera_info', 'depth'],
+                             tolerance_ns={'camera_info': 0, 'depth': 20 * MS},
+                             optional=['camera_info'], fallback=['depth'])
+    sync.add('camera_info', 0, 'K0')
+    sync.add('depth', -5 * MS, 'D0')  # 5 ms early: within the depth tolerance
+    assert sync.add('image', 0, 'i0') == []  # a nearer depth could still come
+    (m,) = sync.add('depth', 100 * MS, 'D1')
+    assert m.items == {'image': 'i0', 'camera_info': 'K0', 'depth': 'D0'}
+    assert m.offsets_ns == {'camera_info': 0, 'depth': -5 * MS}
+    # Depth of another frame only (50 ms off): decided at once, without depth.
+    sync.add('camera_info', 150 * MS, 'K1')
+    (m,) = sync.add('image', 150 * MS, 'i1') + sync.add('depth', 200 * MS, 'D2')
+    assert m.items['depth'] is None and m.items['camera_info'] == 'K1'
+    # No depth at all: held until the caller's wait is over, then without it.
+    sync.add('camera_info', 300 * MS, 'K2')
+    assert sync.add('image', 300 * MS, 'i2') == []
+    assert sync.release(lambda item: False) == []
+    (m,) = sync.release(lambda item: item == 'i2')
+    assert m.items == {'image': 'i2', 'camera_info': 'K2', 'depth': None}
+    # A late depth within the wait still pairs.
+    sync.add('camera_info', 400 * MS, 'K3')
+    assert sync.add('image', 400 * MS, 'i3') == []
+    (m,) = sync.add('depth', 403 * MS, 'D3')
+    assert m.items['depth'] == 'D3'
+    counts = sync.counts()
+    assert counts.missing == {'camera_info': 0, 'depth': 2}
+    assert counts.unmatched['image'] == 0 and counts.matched == 4
+    # Release never lets a frame go without its required camera_info.
+    assert sync.add('image', 500 * MS, 'i4') == []
+    assert sync.release() == []
 
 
 def test_the_synchronizer_needs_no_ros():

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dsac_ros.data.seven_scenes import SceneDataset
 from dsac_ros.data.synthetic import SyntheticSceneConfig, generate_scene
 from dsac_ros.dsac import EstimatorConfig, Selection
 from dsac_ros.geometry.scoring import reprojection_errors
@@ -250,3 +251,50 @@ def test_same_seed_same_weights(tiny_scene: Path, tmp_path: Path):
     a, b, c = run('a', 3), run('b', 3), run('c', 4)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_e2e_rgbd_through_the_kabsch_estimator(tiny_scene: Path, tmp_path: Path):
+    data = load_training_set(tiny_scene, 'train', max_frames=4)
+    idx = torch.tensor([0, 3])
+    depth = data.cell_depths(idx)
+    # the cell depths are the depth images at the cell centres
+    frames = SceneDataset(tiny_scene, 'train')
+    names = [f'{p.parent.name}/{p.name[:-len(".color.png")]}' for p in frames.color_paths()]
+    for k, i in enumerate(idx.tolist()):
+        frame = frames[names.index(data.names[i])]
+        expected = torch.from_numpy(frame.depth_m[4::8, 4::8]).float()
+        torch.testing.assert_close(depth[k], expected, atol=1e-4, rtol=0, equal_nan=True)
+    torch.manual_seed(0)
+    coord = SceneCoordinateNet(SceneCoordinateNetConfig(stem_widths=(8, 16, 32), num_blocks=1,
+                                                        dilations=(1,), head_width=32))
+    coord.eval()
+    score = ScoreNet(ScoreNetConfig(width=8, output_scale=10.0))
+    target = data.coords_b3hw[idx]
+    real_forward = coord.forward
+    # a truthful map plus 2 cm noise, differentiable w.r.t. the net's output
+    coord.forward = lambda x: (target.nan_to_num(0.0) + 0.02 * torch.randn_like(target)
+                               + (lambda y: y - y.detach())(real_forward(x)))
+    estimator = EstimatorConfig(selection=Selection.DSAC, num_hypotheses=32,
+                                inlier_threshold_cm=10.0)
+    images = data.images_b3hw[idx].float() / 255
+    loss = end_to_end_loss(coord, score, images, data.K_33, data.T_cw_b44[idx], estimator,
+                           grad_clamp=0.1, generator=torch.Generator().manual_seed(0),
+                           runtime=Runtime(device=torch.device('cpu'), amp_dtype=None),
+                           depth_bhw=depth)
+    assert torch.isfinite(loss) and 0.0 < float(loss.detach()) < 30.0  # deg / cm: near truth
+    loss.backward()
+    for net in (coord, score):
+        grads = [p.grad for p in net.parameters() if p.grad is not None]
+        assert grads and all(torch.isfinite(g).all() for g in grads)
+        assert sum(float(g.abs().sum()) for g in grads) > 0
+    # the stage itself: RGB-D e2e steps run and the threshold travels in the checkpoint
+    out = tmp_path / 'rgbd'
+    train(_config(tiny_scene, out, max_frames=4, stages=(Stage.E2E,),
+                  e2e=EndToEndStageConfig(budget=Budget(iterations=2), num_hypotheses=16,
+                                          depth=True, inlier_threshold_cm=7.0)))
+    meta = load_checkpoint(out / 'model.pt').metadata
+    assert meta['e2e_depth'] is True and meta['inlier_threshold_cm'] == 7.0
+    with pytest.raises(ValueError, match='needs depth'):
+        train(_config(tiny_scene, tmp_path / 'nodepth', max_frames=4, stages=(Stage.E2E,),
+                      use_depth=False,
+                      e2e=EndToEndStageConfig(budget=Budget(iterations=1), depth=True)))

@@ -1,6 +1,7 @@
 """End-to-end demo: synthetic camera -> relocalize_node -> recorded poses -> accuracy report.
 
     dsac_demo [--out demo_out] [--model PATH] [--frames N] [--rate 15] [--device auto]
+        [--depth [--depth-noise 0.01]]
 
 argparse -> DemoConfig -> `dsac_ros.demo.run.run_demo` (see there for what runs), then the
 report is printed. All children are stopped (SIGINT first) on success, error or Ctrl-C.
@@ -26,11 +27,19 @@ def parse_args(argv: list[str] | None = None) -> DemoConfig:
     p.add_argument('--device', default=Device.AUTO.value, choices=[d.value for d in Device])
     p.add_argument('--num-threads', type=int, default=0, help='torch threads of the node')
     p.add_argument('--keep-scene', action='store_true', help='keep the rendered images')
+    p.add_argument('--depth', action='store_true',
+                   help='also an RGB-D node on the same frames (the player publishes depth): '
+                        'RGB and RGB-D side by side')
+    p.add_argument('--depth-noise', type=float, default=0.01,
+                   help='relative depth noise per pixel (0.01 = 1 %% of the range)')
     a = p.parse_args(argv)
     if a.rate <= 0 or a.frames < 0:
         p.error('--rate must be > 0 and --frames >= 0')
+    if not 0.0 <= a.depth_noise < 1.0:
+        p.error('--depth-noise must be in [0, 1)')
     return DemoConfig(out_dir=a.out, model_path=a.model, frames=a.frames, rate_hz=a.rate,
-                      device=a.device, num_threads=a.num_threads, keep_scene=a.keep_scene)
+                      device=a.device, num_threads=a.num_threads, keep_scene=a.keep_scene,
+                      depth=a.depth, depth_noise=a.depth_noise)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,10 +3,13 @@
     dsac_evaluate --checkpoint model.pt --scene data/chess [--split test]
                   [--selection ransac|softam|dsac|all] [--hypotheses 256] [--device auto]
                   [--out DIR] [--max-frames N] [--score-net] [--seed 0] [--threads N]
+                  [--depth [--depth-noise 0.01] [--inlier-threshold-cm 10]]
 
 Several scenes: ``--scene a b c`` with one checkpoint per scene (``--checkpoint a.pt b.pt
 c.pt``) or one checkpoint for all. Prints tables shaped like the paper's Tables 1 and 2 (rows
 scenes, columns selection modes) and, with ``--out``, writes results.json and PNG plots.
+``--depth``: every mode also in RGB-D (depth registered to colour) on the same frames, side by
+side.
 Exit status: 0 on success, 2 on bad arguments, a missing scene or a bad checkpoint.
 """
 
@@ -52,6 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help='pose hypotheses per frame')
     parser.add_argument('--inlier-threshold', type=float, default=10.0,
                         help='inlier threshold tau in pixels')
+    parser.add_argument('--depth', action='store_true',
+                        help="also localize in RGB-D mode from the scene's depth (registered to "
+                             'colour), beside RGB on the same frames')
+    parser.add_argument('--depth-noise', type=float, default=0.0,
+                        help='with --depth: relative std of Gaussian depth noise per pixel '
+                             '(0.01 = 1 %% of the range)')
+    parser.add_argument('--inlier-threshold-cm', type=float, default=None,
+                        help="RGB-D inlier threshold in cm (default: the checkpoint's, else 10)")
     parser.add_argument('--device', default='auto', help="'auto', 'cpu' or 'cuda'")
     parser.add_argument('--precision', default='auto', choices=[p.value for p in NetworkPrecision],
                         help='network arithmetic')
@@ -80,11 +91,13 @@ def parse_args(argv: list[str] | None = None) -> EvaluateCommand:
     selections = tuple(Selection) if args.selection == 'all' else (Selection(args.selection),)
     try:
         estimator = EstimatorConfig(num_hypotheses=args.hypotheses,
-                                    inlier_threshold_px=args.inlier_threshold, seed=args.seed)
+                                    inlier_threshold_px=args.inlier_threshold, seed=args.seed,
+                                    inlier_threshold_cm=args.inlier_threshold_cm)
         config = EvaluationConfig(split=args.split, selections=selections, estimator=estimator,
                                   device=args.device, max_frames=args.max_frames,
                                   use_score_net=args.score_net, precision=args.precision,
-                                  progress=not args.no_progress)
+                                  progress=not args.no_progress, depth=args.depth,
+                                  depth_noise=args.depth_noise)
     except ValueError as exc:
         parser.error(str(exc))
     if args.threads is not None and args.threads < 1:

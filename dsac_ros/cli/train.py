@@ -6,6 +6,8 @@ Examples::
     dsac_train --scene S --out runs/base --stage coords --minutes 25
     dsac_train --scene S --out runs/dsac --init runs/base/checkpoint.pt --stage e2e \\
         --selection dsac --minutes 3
+    dsac_train --scene S --out runs/rgbd --init runs/base/checkpoint.pt --stage e2e \\
+        --e2e-depth --inlier-threshold-cm 10 --minutes 3     # through the RGB-D estimator
     python -m torch.distributed.run --nproc_per_node 2 -m dsac_ros.cli.train --scene S --out R
 
 Rerunning with the same --out resumes from its checkpoint. Exit codes: 0 done, 2 bad input,
@@ -62,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--batch-size', type=int, help='stage 1 batch size')
     p.add_argument('--e2e-frames', type=int, help='images per end-to-end step')
     p.add_argument('--hypotheses', type=int, help='hypotheses per image in end-to-end training')
+    p.add_argument('--e2e-depth', action='store_true',
+                   help='end-to-end training through the RGB-D estimator (Kabsch hypotheses, 3D '
+                        "inliers) with the training frames' depth")
+    p.add_argument('--inlier-threshold-cm', type=float,
+                   help='RGB-D inlier threshold (cm) of --e2e-depth training, stored in the '
+                        "checkpoint as the model's default (default 10)")
     p.add_argument('--checkpoint-every', type=int, default=500, help='steps between saves')
     p.add_argument('--checkpoint-seconds', type=float, default=120.0,
                    help='seconds between saves')
@@ -113,6 +121,10 @@ def config_from_args(args: argparse.Namespace, scene: Path):
         e2e = replace(e2e, frames_per_step=args.e2e_frames)
     if args.hypotheses:
         e2e = replace(e2e, num_hypotheses=args.hypotheses)
+    if args.e2e_depth:
+        e2e = replace(e2e, depth=True)
+    if args.inlier_threshold_cm is not None:
+        e2e = replace(e2e, inlier_threshold_cm=args.inlier_threshold_cm)
     coords = config.coords
     if args.batch_size:
         coords = replace(coords, batch_size=args.batch_size)

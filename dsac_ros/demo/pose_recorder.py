@@ -1,14 +1,15 @@
 """Records geometry_msgs/PoseStamped (default /camera_pose) and /diagnostics to a JSON file.
 
     python -m dsac_ros.demo.pose_recorder OUT.json [--topic /camera_pose] [--count N]
-        [--timeout S] [--idle-timeout S]
+        [--timeout S] [--idle-timeout S] [--node relocalize_node]
 
 Output: {"topic", "poses": [{"stamp_ns", "receive_ns", "frame_id", "T_wc" (4x4 nested list,
 camera-to-world, metres)}], "diagnostics": {key: value of the newest /diagnostics status},
 "diagnostics_history": [...]}. ``receive_ns`` is the wall clock at reception, so
 ``receive_ns - stamp_ns`` is the image-stamp -> pose-receive latency on one machine.
 Stops after ``count`` poses, ``timeout`` seconds, ``idle_timeout`` seconds without a pose once
-one arrived, or on SIGINT/SIGTERM, and always writes the file before exiting.
+one arrived, or on SIGINT/SIGTERM, and always writes the file before exiting. ``--node``
+keeps only the diagnostics of that node (its hardware_id), where several nodes publish them.
 """
 
 from __future__ import annotations
@@ -38,13 +39,15 @@ class RecorderConfig:
     timeout_s: float = 0.0
     idle_timeout_s: float = 0.0
     ready_file: Path | None = None
+    node: str | None = None
 
 
 class PoseRecorder:
     """Collects poses and diagnostics from a node (rclpy objects owned by the node)."""
 
-    def __init__(self, node, topic: str) -> None:
+    def __init__(self, node, topic: str, hardware_id: str | None = None) -> None:
         self.topic = topic
+        self.hardware_id = hardware_id
         self.poses: list[dict] = []
         self.diagnostics: dict[str, str] = {}
         self.diagnostics_history: list[dict[str, str]] = []
@@ -60,6 +63,9 @@ class PoseRecorder:
                            'T_wc': pose_msg_to_matrix(msg.pose).tolist()})
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
+        if self.hardware_id is not None and all(
+                s.hardware_id != self.hardware_id for s in msg.status):
+            return
         values = diagnostic_values(msg)
         if values:
             self.diagnostics = values
@@ -75,7 +81,7 @@ def record(config: RecorderConfig) -> int:
     node = rclpy.create_node('dsac_pose_recorder')
     executor = SingleThreadedExecutor()
     executor.add_node(node)
-    recorder = PoseRecorder(node, config.topic)
+    recorder = PoseRecorder(node, config.topic, config.node)
     if config.ready_file is not None:
         Path(config.ready_file).write_text('ready\n')
     start = time.monotonic()
@@ -109,9 +115,11 @@ def parse_args(argv: list[str] | None = None) -> RecorderConfig:
                    help='stop S seconds after the last pose (once one arrived)')
     p.add_argument('--ready-file', type=Path, default=None,
                    help='file written once the subscriptions exist')
+    p.add_argument('--node', default=None,
+                   help='keep the diagnostics of this node only (its name = hardware_id)')
     a = p.parse_args(argv)
     return RecorderConfig(out_path=a.out, topic=a.topic, count=a.count, timeout_s=a.timeout,
-                          idle_timeout_s=a.idle_timeout, ready_file=a.ready_file)
+                          idle_timeout_s=a.idle_timeout, ready_file=a.ready_file, node=a.node)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,9 +47,13 @@ def module_command(module: str, *args: str) -> list[str]:
 
 
 def node_command(params_file: str | Path | None = None,
-                 parameters: Mapping[str, object] | None = None) -> list[str]:
-    """Command line of relocalize_node as ``ros2 run`` / launch_ros would build it."""
+                 parameters: Mapping[str, object] | None = None,
+                 node_name: str | None = None) -> list[str]:
+    """Command line of relocalize_node as ``ros2 run`` / launch_ros would build it
+    (``node_name``: renamed, e.g. a second node; a params file then needs that name's key)."""
     ros_args: list[str] = []
+    if node_name is not None:
+        ros_args += ['-r', f'__node:={node_name}']
     if params_file is not None:
         ros_args += ['--params-file', str(params_file)]
     for name, value in (parameters or {}).items():

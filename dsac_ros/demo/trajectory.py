@@ -37,6 +37,15 @@ def load_json(path: str | Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
+def on_common_frames(recorded_a: dict, recorded_b: dict) -> tuple[dict, dict]:
+    """Two recordings restricted to the poses of the image stamps both have (two nodes on the
+    same camera: their accuracy on the same frames)."""
+    common = ({int(p['stamp_ns']) for p in recorded_a['poses']}
+              & {int(p['stamp_ns']) for p in recorded_b['poses']})
+    return tuple({**r, 'poses': [p for p in r['poses'] if int(p['stamp_ns']) in common]}
+                 for r in (recorded_a, recorded_b))
+
+
 def match_by_stamp(gt: dict, recorded: dict) -> MatchedPoses:
     """Pairs every recorded pose with the published frame of the same stamp (exact match)."""
     gt_by_stamp = {int(f['stamp_ns']): np.asarray(f['T_wc'], np.float64) for f in gt['frames']}

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Callable, Protocol, runtime_checkable
 
 from torch import Tensor
+
+
+class PoseMode(str, Enum):
+    """Which correspondences a pose comes from.
+
+    RGB: 2D-3D (cell pixel, scene coordinate): P4P hypotheses, reprojection errors in pixels.
+    RGBD: 3D-3D (camera point from measured depth, scene coordinate): Kabsch hypotheses from 3
+    cells, 3D distances in the camera frame (`dsac_ros.dsac.rgbd`). Selection is the same.
+    """
+
+    RGB = 'rgb'
+    RGBD = 'rgbd'
 
 
 class Selection(str, Enum):
@@ -76,6 +88,15 @@ class EstimatorConfig:
             images with fewer valid cells than this, or fewer than 4, get no pose at all).
         max_reprojection_error_px: errors are clamped to this value (score-function input).
         seed: seed of the torch.Generator used when the caller passes none.
+        inlier_threshold_cm: RGB-D mode only: a cell is an inlier when its camera point (from
+            depth) and its scene coordinate moved by the hypothesis are closer than this (cm).
+            None: the model's own (checkpoint metadata `INLIER_THRESHOLD_CM_KEY`, applied by
+            the relocalizer), `DEFAULT_INLIER_THRESHOLD_CM` without one. The other thresholds
+            (scoring, refinement, clamping) apply to RGB-D errors rescaled so that this
+            threshold maps onto `inlier_threshold_px` (see `dsac_ros.dsac.rgbd`).
+        rgbd_draws_per_hypothesis: RGB-D mode only: minimal sets of 3 cells drawn per
+            hypothesis; the first `num_hypotheses` that pass the cheap rigidity and degeneracy
+            checks become the hypotheses (rejection and redraw, batched).
     """
 
     num_hypotheses: int = 256
@@ -93,6 +114,8 @@ class EstimatorConfig:
     min_inliers_for_pose: int = 20
     max_reprojection_error_px: float = 100.0
     seed: int = 0
+    inlier_threshold_cm: float | None = None
+    rgbd_draws_per_hypothesis: int = 4
 
     def __post_init__(self) -> None:
         # Accept the plain string form ('dsac') from YAML / CLI.
@@ -103,7 +126,8 @@ class EstimatorConfig:
                 names = [s.value for s in Selection]
                 raise ValueError(
                     f'selection must be one of {names}, got {self.selection!r}') from exc
-        positive_ints = ('num_hypotheses', 'max_refinement_inliers')
+        positive_ints = ('num_hypotheses', 'max_refinement_inliers',
+                         'rgbd_draws_per_hypothesis')
         for name in positive_ints:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
@@ -118,7 +142,45 @@ class EstimatorConfig:
             value = float(getattr(self, name))
             if not value > 0.0 or value == float('inf'):
                 raise ValueError(f'{name} must be a finite number > 0, got {value}')
+        if self.inlier_threshold_cm is not None:
+            value = float(self.inlier_threshold_cm)
+            if not value > 0.0 or value == float('inf'):
+                raise ValueError('inlier_threshold_cm must be None or a finite number > 0, got '
+                                 f'{self.inlier_threshold_cm}')
         if not float(self.max_reprojection_error_px) > float(self.inlier_threshold_px):
             raise ValueError(
                 'max_reprojection_error_px must exceed inlier_threshold_px, got '
                 f'{self.max_reprojection_error_px} <= {self.inlier_threshold_px}')
+
+
+DEFAULT_INLIER_THRESHOLD_CM = 10.0
+"""RGB-D inlier threshold (cm) when neither the caller nor the checkpoint gives one (DSAC*'s)."""
+
+INLIER_THRESHOLD_CM_KEY = 'inlier_threshold_cm'
+"""Checkpoint metadata key of the model's RGB-D inlier threshold (float, cm)."""
+
+
+def rgbd_threshold_cm(config: EstimatorConfig) -> float:
+    """The RGB-D inlier threshold in cm: `config.inlier_threshold_cm` or the default."""
+    if config.inlier_threshold_cm is None:
+        return DEFAULT_INLIER_THRESHOLD_CM
+    return float(config.inlier_threshold_cm)
+
+
+def estimator_metadata(config: EstimatorConfig) -> dict[str, float]:
+    """Estimator settings a checkpoint carries as the defaults of its model (metadata dict).
+
+    Today: the RGB-D inlier threshold (`INLIER_THRESHOLD_CM_KEY`, cm).
+    """
+    return {INLIER_THRESHOLD_CM_KEY: rgbd_threshold_cm(config)}
+
+
+def apply_estimator_metadata(config: EstimatorConfig, metadata: dict) -> EstimatorConfig:
+    """`config` with its unset (None) settings taken from a checkpoint's metadata, where the
+    metadata holds a usable value (a bad one is ignored: the default applies)."""
+    if config.inlier_threshold_cm is not None or INLIER_THRESHOLD_CM_KEY not in metadata:
+        return config
+    try:
+        return replace(config, inlier_threshold_cm=float(metadata[INLIER_THRESHOLD_CM_KEY]))
+    except (TypeError, ValueError):
+        return config

@@ -19,6 +19,11 @@ few in-place passes into scratch buffers kept per estimator and thread
 (`geometry.scoring.ScratchBuffers`; fresh multi-megabyte temporaries page-fault on every call);
 the rest is small batched ops, of which the P4P solver is the largest share.
 
+RGB-D mode: given a depth per cell (`depth_bhw`), steps 1, 2 and 4 work on 3D-3D
+correspondences instead (Kabsch hypotheses from 3 cells, 3D distances, Kabsch refinement on the
+inliers; `dsac_ros.dsac.rgbd.DepthCells`, held by the prepared frame), with the 3D errors
+rescaled so that tau_cm reads as tau_px; step 3 and everything else is shared.
+
 Poses are T_cw (world-to-camera, x_cam = R x_world + t, OpenCV camera axes); T_wc is its
 inverse (camera-to-world, what ROS publishes as map -> camera).
 """
@@ -35,6 +40,8 @@ from torch import Tensor
 
 from dsac_ros.device import resolve_device
 from dsac_ros.dsac.config import EstimatorConfig, ScoreFn, Selection
+from dsac_ros.dsac.refinement import still_active
+from dsac_ros.dsac.rgbd import DepthCells
 from dsac_ros.dsac.sampling import sample_minimal_sets, uniform
 from dsac_ros.geometry.camera import cell_centers, check_intrinsics
 from dsac_ros.geometry.pnp import pnp_information, refine_pnp, solve_p4p
@@ -65,7 +72,8 @@ class PoseEstimate:
         T_wc_b44: (B, 4, 4) camera-to-world pose (inverse of T_cw).
         valid_b: (B,) bool; False = no pose (too few valid cells, no valid hypothesis, or fewer
             than `min_inliers_for_pose` inliers at the final pose).
-        inlier_count_b: (B,) long, cells with reprojection error < tau at the final pose.
+        inlier_count_b: (B,) long, cells with reprojection error < tau at the final pose
+            (RGB-D: 3D distance < tau_cm).
         inlier_ratio_b: (B,) inlier_count / number of valid (finite) cells, 0 when none.
         score_entropy_b: (B,) entropy (nats) of softmax(alpha * scores) over the valid
             hypotheses; 0 means one hypothesis takes all the mass, log(N) is uniform (also
@@ -76,7 +84,8 @@ class PoseEstimate:
             To express it in the world frame, rotate both 3-blocks by R_wc. It is
             sigma^2 (J^T J)^-1 from the Gauss-Newton information of the correspondences the
             final pose was fitted to (all inliers with `polish_with_all_inliers`, else the last
-            refinement subset), sigma^2 = sum r^2 / (2 n - 6) their residual variance (px^2).
+            refinement subset), sigma^2 = sum r^2 / (2 n - 6) their residual variance (px^2);
+            RGB-D: of the 3D residuals of all inliers, sigma^2 = sum |r|^2 / (3 n - 6) (m^2).
             diag(1e6) where `valid_b` is False.
         hypothesis_index_b: (B,) long, the selected hypothesis (for SoftAM: the one with the
             largest weight, the reference of the average); -1 where there is none.
@@ -108,6 +117,7 @@ class _Frame:
     height: int
     width: int
     usable_b: Tensor  # enough valid cells to try a pose
+    depth: DepthCells | None = None  # RGB-D mode: camera points of the cells (None: RGB)
 
     @property
     def batch(self) -> int:
@@ -118,12 +128,14 @@ class _Frame:
         return replace(self, points_bm3=self.points_bm3[start:stop],
                        points_b4m=self.points_b4m[start:stop],
                        valid_bm=self.valid_bm[start:stop], K_b33=self.K_b33[start:stop],
-                       usable_b=self.usable_b[start:stop])
+                       usable_b=self.usable_b[start:stop],
+                       depth=None if self.depth is None else self.depth.images(start, stop))
 
 
 def _prepare(scene_coords_b3hw: Tensor, K_b33: Tensor, stride: int,
-             config: EstimatorConfig) -> _Frame:
-    """Check shapes / intrinsics and flatten the map; raises ValueError naming the problem."""
+             config: EstimatorConfig, depth_bhw: Tensor | None = None) -> _Frame:
+    """Check shapes / intrinsics and flatten the map; raises ValueError naming the problem.
+    With `depth_bhw` (RGB-D mode) cells without a valid depth are invalid."""
     if not isinstance(scene_coords_b3hw, Tensor):
         raise ValueError('scene_coords_b3hw must be a torch.Tensor, got '
                          f'{type(scene_coords_b3hw).__name__}')
@@ -152,22 +164,33 @@ def _prepare(scene_coords_b3hw: Tensor, K_b33: Tensor, stride: int,
 
     points_bm3 = scene_coords_b3hw.reshape(B, 3, H * W).transpose(1, 2)
     valid_bm = torch.isfinite(points_bm3).all(dim=-1)
+    depth = None
+    if depth_bhw is not None:
+        if not isinstance(depth_bhw, Tensor) or depth_bhw.shape != (B, H, W):
+            shape = tuple(depth_bhw.shape) if isinstance(depth_bhw, Tensor) else depth_bhw
+            raise ValueError(f'depth_bhw must be a tensor of shape ({B}, {H}, {W}), got {shape}')
+        depth = DepthCells.from_depth(depth_bhw.to(device), K_b33, stride, config)
+        valid_bm = valid_bm & depth.valid_bm
     points_bm3 = torch.where(valid_bm[..., None], points_bm3, torch.zeros_like(points_bm3))
     pixels_m2 = cell_centers(H, W, stride, device=device, dtype=dtype).reshape(2, -1).T
-    needed = max(4, config.min_inliers_for_pose)
+    needed = max(4 if depth is None else 3, config.min_inliers_for_pose)
     usable_b = valid_bm.sum(dim=1) >= needed
     points_b4m = torch.cat([points_bm3, valid_bm[..., None].to(dtype)], dim=2)
     points_b4m = points_b4m.transpose(1, 2).contiguous()
     return _Frame(points_bm3=points_bm3, points_b4m=points_b4m, valid_bm=valid_bm,
                   has_invalid=not bool(valid_bm.all()), pixels_m2=pixels_m2.contiguous(),
                   pixels_2m=pixels_m2.T.contiguous(), K_b33=K_b33.contiguous(), height=H,
-                  width=W, usable_b=usable_b)
+                  width=W, usable_b=usable_b, depth=depth)
 
 
 def _error_maps(T_cw_bk44: Tensor, frame: _Frame, max_error_px: float,
                 buffers: ScratchBuffers | None = None) -> Tensor:
     """Reprojection errors (px) of all cells under K poses per image: (B, K, M)
-    (`geometry.scoring.reprojection_error_maps`; invalid cells get `max_error_px`)."""
+    (`geometry.scoring.reprojection_error_maps`; invalid cells get `max_error_px`); in RGB-D
+    mode 3D errors in threshold-equivalent px (`DepthCells.error_maps`)."""
+    if frame.depth is not None:
+        return frame.depth.error_maps(T_cw_bk44, frame.points_b4m, max_error_px,
+                                      frame.valid_bm if frame.has_invalid else None, buffers)
     return reprojection_error_maps(T_cw_bk44, frame.K_b33, frame.points_b4m, frame.pixels_2m,
                                    max_error_px, frame.valid_bm if frame.has_invalid else None,
                                    buffers=buffers)
@@ -209,8 +232,13 @@ def _generate_hypotheses(frame: _Frame, config: EstimatorConfig,
     """Sample minimal sets and solve P4P: T_cw (B, N, 4, 4), valid (B, N) bool.
 
     Invalid hypotheses (degenerate set, no solution, too few valid cells in the image) hold the
-    identity; `solve_p4p` keeps outputs and gradients finite for them.
+    identity; `solve_p4p` keeps outputs and gradients finite for them. RGB-D mode: Kabsch
+    hypotheses from 3 cells (`DepthCells.hypotheses`).
     """
+    if frame.depth is not None:
+        T_bn44, ok_bn = frame.depth.hypotheses(frame.points_bm3, frame.valid_bm, config,
+                                               generator)
+        return T_bn44, ok_bn & frame.usable_b[:, None]
     B, N = frame.batch, config.num_hypotheses
     cells_bn4, _ = sample_minimal_sets(frame.valid_bm, N, generator)
     pts, pix = _gather_cells(frame, cells_bn4)
@@ -295,7 +323,11 @@ def refine_hypotheses(T_cw_bk44: Tensor, frame: _Frame, config: EstimatorConfig,
     its current value from then on (masking; only still-active poses are passed to the solver,
     so a degenerate solve never touches the result or its gradient). Differentiable w.r.t. the
     scene coordinates and the input poses; the inlier choice itself is discrete.
+    RGB-D mode: Kabsch on all inliers (`DepthCells.refine`).
     """
+    if frame.depth is not None:
+        return frame.depth.refine(T_cw_bk44, frame.points_bm3, frame.points_b4m,
+                                  frame.valid_bm, config)
     B, K = T_cw_bk44.shape[:2]
     active_bk = torch.ones(B, K, dtype=torch.bool, device=T_cw_bk44.device)
     previous_bkm: Tensor | None = None
@@ -303,13 +335,10 @@ def refine_hypotheses(T_cw_bk44: Tensor, frame: _Frame, config: EstimatorConfig,
     for _ in range(config.refinement_steps):  # over refinement rounds, not hypotheses
         with torch.no_grad():
             err = _error_maps(T.detach(), frame, config.max_reprojection_error_px)
-            cells, weights, count = _select_refinement_set(err, priority_bm, config)
-            active_bk = active_bk & (count >= config.min_refinement_inliers)
-            if config.stop_when_inliers_unchanged:
-                inlier_bkm = err < config.inlier_threshold_px
-                if previous_bkm is not None:
-                    active_bk = active_bk & (inlier_bkm != previous_bkm).any(dim=-1)
-                previous_bkm = inlier_bkm
+            cells, weights, _ = _select_refinement_set(err, priority_bm, config)
+            active_bk, previous_bkm = still_active(
+                active_bk, err < config.inlier_threshold_px, previous_bkm,
+                config.min_refinement_inliers, config.stop_when_inliers_unchanged)
             idx = torch.nonzero(active_bk.reshape(-1)).squeeze(1)
         if idx.numel() == 0:
             break
@@ -353,7 +382,8 @@ class DsacEstimator:
 
     @torch.no_grad()
     def estimate(self, scene_coords_b3hw: Tensor, K_b33: Tensor, stride: int = 8,
-                 generator: torch.Generator | None = None) -> PoseEstimate:
+                 generator: torch.Generator | None = None,
+                 depth_bhw: Tensor | None = None) -> PoseEstimate:
         """Estimate T_cw for each of B scene-coordinate maps (inference, no gradients).
 
         Args:
@@ -364,6 +394,9 @@ class DsacEstimator:
             stride: output stride of the map.
             generator: seeded torch.Generator (any device); None -> a new one seeded with
                 `config.seed`, so the same input gives the same result.
+            depth_bhw: RGB-D mode: (B, H, W) depth (metres, along z) of every cell centre, NaN
+                or <= 0 where invalid (`dsac_ros.dsac.rgbd.cell_depths` makes it from a depth
+                image registered to the colour image); None: RGB.
 
         Returns:
             PoseEstimate; images without a pose have valid_b False and an identity pose.
@@ -377,7 +410,7 @@ class DsacEstimator:
                 scene_coords_b3hw = scene_coords_b3hw.to(self.device)
             if isinstance(K_b33, Tensor):
                 K_b33 = K_b33.to(self.device)
-        frame = _prepare(scene_coords_b3hw, K_b33, stride, config)
+        frame = _prepare(scene_coords_b3hw, K_b33, stride, config, depth_bhw)
         if generator is None:
             generator = torch.Generator(device=frame.points_bm3.device)
             generator.manual_seed(config.seed)
@@ -404,8 +437,9 @@ class DsacEstimator:
             T_sel = T_bn44[ar, index_b]
         T_ref = refine_hypotheses(T_sel[:, None], frame, config, priority_bm)[:, 0]
         err_final = _error_maps(T_ref[:, None], frame, config.max_reprojection_error_px)[:, 0]
-        if config.polish_with_all_inliers:
+        if config.polish_with_all_inliers and frame.depth is None:
             T_ref, err_final = _polish(T_ref, err_final, frame, config)
+        if config.polish_with_all_inliers or frame.depth is not None:
             weights_bm = err_final < config.inlier_threshold_px
         else:
             cells, weights, _ = _select_refinement_set(err_final[:, None], priority_bm, config)
@@ -458,7 +492,10 @@ def _information(T_cw_b44: Tensor, frame: _Frame, errors_bm: Tensor,
                  weights_bm: Tensor) -> tuple[Tensor, Tensor]:
     """Information J^T W J (B, 6, 6) of the cells with weight 1 (the correspondences the final
     pose was fitted to) at the final pose (left twist in the camera frame, translation first;
-    `geometry.pnp.pnp_information`) and the residual variance sum e^2 / (2 n - 6), px^2 (B,)."""
+    `geometry.pnp.pnp_information`) and the residual variance sum e^2 / (2 n - 6), px^2 (B,).
+    RGB-D mode: of the 3D residuals, m^2 (`DepthCells.information`)."""
+    if frame.depth is not None:
+        return frame.depth.information(T_cw_b44, frame.points_bm3, errors_bm, weights_bm)
     B, M = errors_bm.shape
     w = weights_bm.to(T_cw_b44.dtype)
     info = pnp_information(T_cw_b44, frame.points_bm3, frame.pixels_m2.expand(B, M, 2),
@@ -479,7 +516,8 @@ def _covariance(info_b66: Tensor, variance_b: Tensor, valid_b: Tensor) -> Tensor
 
 def expected_pose_loss(scene_coords_b3hw: Tensor, K_b33: Tensor, T_cw_gt_b44: Tensor,
                        config: EstimatorConfig, score_fn: ScoreFn | None = None,
-                       generator: torch.Generator | None = None, stride: int = 8) -> Tensor:
+                       generator: torch.Generator | None = None, stride: int = 8,
+                       depth_bhw: Tensor | None = None) -> Tensor:
     """Differentiable training loss of the estimator (paper Eq. 7 for DSAC, Eq. 4 for SoftAM).
 
     DSAC: sum_j P(j) * pose_loss(refine(h_j), h*) with P = softmax(alpha * scores) over the valid
@@ -500,6 +538,8 @@ def expected_pose_loss(scene_coords_b3hw: Tensor, K_b33: Tensor, T_cw_gt_b44: Te
         score_fn: as in `DsacEstimator`; None = soft inlier count.
         generator: seeded torch.Generator for sampling (same seed -> same pool).
         stride: output stride of the map.
+        depth_bhw: RGB-D mode (Kabsch hypotheses and refinement, 3D scoring): (B, H, W) cell
+            depths in metres, NaN = invalid, as in `DsacEstimator.estimate`; None: RGB.
 
     Returns:
         Scalar loss tensor.
@@ -507,7 +547,7 @@ def expected_pose_loss(scene_coords_b3hw: Tensor, K_b33: Tensor, T_cw_gt_b44: Te
     if config.selection == Selection.RANSAC:
         raise ValueError('expected_pose_loss needs selection DSAC or SOFTAM; RANSAC (argmax) '
                          'has no useful gradient w.r.t. the scores')
-    frame = _prepare(scene_coords_b3hw, K_b33, stride, config)
+    frame = _prepare(scene_coords_b3hw, K_b33, stride, config, depth_bhw)
     B = frame.batch
     if not isinstance(T_cw_gt_b44, Tensor) or T_cw_gt_b44.shape != (B, 4, 4):
         shape = tuple(T_cw_gt_b44.shape) if isinstance(T_cw_gt_b44, Tensor) else T_cw_gt_b44

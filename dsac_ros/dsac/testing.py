@@ -47,13 +47,16 @@ class CorrespondenceCaseConfig:
 class CorrespondenceCase:
     """Generated maps (float64 tensors on CPU): scene_coords_b3hw, K_b33, T_cw_b44 (ground
     truth world-to-camera), inlier_bhw (bool, True for cells that are true correspondences),
-    pixels_2hw (cell centres)."""
+    pixels_2hw (cell centres), depth_bhw (the true depth of every cell centre in metres, as a
+    depth camera registered to the image would measure it, outlier and invalid cells
+    included: the RGB-D input)."""
 
     scene_coords_b3hw: torch.Tensor
     K_b33: torch.Tensor
     T_cw_b44: torch.Tensor
     inlier_bhw: torch.Tensor
     pixels_2hw: torch.Tensor
+    depth_bhw: torch.Tensor
 
 
 def make_correspondence_case(config: CorrespondenceCaseConfig, batch: int = 1,
@@ -67,7 +70,7 @@ def make_correspondence_case(config: CorrespondenceCaseConfig, batch: int = 1,
                      dtype=torch.float64)
     pixels_2hw = cell_centers(H, W, s, dtype=torch.float64)
     pix_hw2 = pixels_2hw.permute(1, 2, 0)
-    maps, poses, inliers = [], [], []
+    maps, poses, inliers, depths = [], [], [], []
     for _ in range(batch):  # data generation, not a hot path
         axis = rng.normal(size=3)
         axis /= np.linalg.norm(axis)
@@ -88,10 +91,12 @@ def make_correspondence_case(config: CorrespondenceCaseConfig, batch: int = 1,
         maps.append(world.permute(2, 0, 1))
         poses.append(invert_se3(T_wc))
         inliers.append(~outlier & ~invalid)
+        depths.append(depth)
     return CorrespondenceCase(
         scene_coords_b3hw=torch.stack(maps).contiguous(),
         K_b33=K.expand(batch, 3, 3).clone(),
         T_cw_b44=torch.stack(poses),
         inlier_bhw=torch.stack(inliers),
         pixels_2hw=pixels_2hw,
+        depth_bhw=torch.stack(depths),
     )

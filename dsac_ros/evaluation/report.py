@@ -19,12 +19,16 @@ from dsac_ros.evaluation.metrics import THRESHOLDS, summarize, threshold_key
 from dsac_ros.evaluation.run import SceneResult
 
 _LABELS = {'ransac': 'RANSAC', 'softam': 'SoftAM', 'dsac': 'DSAC'}
-_COLOURS = {'ransac': 'tab:blue', 'softam': 'tab:orange', 'dsac': 'tab:green'}
+_COLOURS = {'ransac': 'tab:blue', 'softam': 'tab:orange', 'dsac': 'tab:green',
+            'ransac_rgbd': 'tab:purple', 'softam_rgbd': 'tab:brown', 'dsac_rgbd': 'tab:olive'}
 _AXES = 'xyz'
 
 
-def _label(selection: str) -> str:
-    return _LABELS.get(selection, selection)
+def _label(key: str) -> str:
+    """'ransac' -> 'RANSAC', 'ransac_rgbd' -> 'RANSAC RGB-D' (`run.result_key`)."""
+    base, _, mode = key.partition('_')
+    label = _LABELS.get(base, base)
+    return f'{label} RGB-D' if mode == 'rgbd' else (label if not mode else key)
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -71,6 +75,8 @@ def scene_to_dict(result: SceneResult) -> dict[str, Any]:
     selections = {}
     for key, sel in result.selections.items():
         selections[key] = {
+            'mode': sel.mode.value,
+            'depth_fallbacks': sel.depth_fallbacks,
             'summary': sel.summary.to_dict(),
             'covariance_calibration': (sel.calibration.to_dict()
                                        if sel.calibration is not None else None),
@@ -92,6 +98,7 @@ def scene_to_dict(result: SceneResult) -> dict[str, Any]:
         'split': result.split,
         'device': result.device,
         'frames': len(result.frame_names),
+        'depth_noise': result.depth_noise,
         'timings_ms_mean': {
             'preprocess': float(np.mean(result.preprocess_ms_n)) if result.frame_names else None,
             'network': float(np.mean(result.network_ms_n)) if result.frame_names else None,
@@ -253,10 +260,11 @@ def _fmt_median(m: float, deg: float) -> str:
 def format_table(results: Sequence[SceneResult]) -> str:
     """Text tables like the paper's Tables 1 and 2: % within 5cm/5deg, median errors,
     % within 2cm/2deg and 10cm/10deg, and mean per-frame timings; rows are scenes (plus
-    Average and Complete for several scenes), columns RANSAC / SoftAM / DSAC."""
+    Average and Complete for several scenes), columns RANSAC / SoftAM / DSAC (and their RGB-D
+    runs beside them when evaluated with depth)."""
     modes = _modes(results)
     width = max([len('Complete')] + [len(r.scene) for r in results]) + 2
-    col = 16
+    col = 19 if any(m.endswith('_rgbd') for m in modes) else 16  # 'est. SoftAM RGB-D'
     header = 'Scene'.ljust(width) + ''.join(_label(m).rjust(col) for m in modes)
     extra = combined_summaries(results) if len(results) > 1 else None
 

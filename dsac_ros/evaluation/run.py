@@ -3,6 +3,10 @@
 The network runs once per frame; its scene-coordinate map is reused by every selection mode, and
 every mode draws the same hypothesis pool (the generator is seeded with ``estimator.seed`` on
 every call), so the modes differ only in how they select (the paper's Table 1 comparison).
+
+With ``depth`` every selection mode also runs in RGB-D mode on the same frames and the same
+network output (results keyed ``<mode>_rgbd``), so RGB and RGB-D stand side by side; exact
+depth (synthetic scenes) can be given sensor-like noise (``depth_noise``).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import numpy as np
 
 from dsac_ros.data.seven_scenes import SceneDataset
 from dsac_ros.data.view_coverage import CoverageConfig, SceneCoverage, scene_coverage
-from dsac_ros.dsac import EstimatorConfig, Selection
+from dsac_ros.dsac import EstimatorConfig, PoseMode, Selection
 from dsac_ros.evaluation.calibration import CovarianceCalibration, covariance_calibration
 from dsac_ros.evaluation.metrics import ErrorSummary, frame_errors, summarize
 from dsac_ros.relocalizer import NetworkPrecision, Relocalizer, RelocalizerConfig
@@ -39,6 +43,11 @@ class EvaluationConfig:
         precision: network precision (see `NetworkPrecision`).
         progress: show a tqdm progress bar on stderr.
         coverage: scales of the distance of test views to the training views (test split).
+        depth: also localize every frame in RGB-D mode from the scene's depth images (which
+            must be registered to colour), beside RGB, on the same network output.
+        depth_noise: relative standard deviation of Gaussian noise added to every depth pixel
+            (0.01: 1 % of the range, like a real sensor's), seeded by ``estimator.seed`` and the
+            frame; 0 = the depth as stored.
     """
 
     split: str = 'test'
@@ -50,6 +59,8 @@ class EvaluationConfig:
     precision: NetworkPrecision = NetworkPrecision.AUTO
     progress: bool = False
     coverage: CoverageConfig = field(default_factory=CoverageConfig)
+    depth: bool = False
+    depth_noise: float = 0.0
 
     def __post_init__(self) -> None:
         selections = tuple(Selection(s) for s in self.selections)
@@ -60,6 +71,8 @@ class EvaluationConfig:
             raise ValueError(f'max_frames must be >= 1 or None, got {self.max_frames}')
         if self.split not in ('train', 'test'):
             raise ValueError(f"split must be 'train' or 'test', got {self.split!r}")
+        if not 0.0 <= float(self.depth_noise) < 1.0:
+            raise ValueError(f'depth_noise must be in [0, 1), got {self.depth_noise}')
 
 
 @dataclass(frozen=True)
@@ -69,6 +82,8 @@ class SelectionResult:
     T_wc_n44: (N, 4, 4) estimated camera-to-world poses (identity where not valid).
     valid_n: (N,) bool. rotation_deg_n / translation_m_n: (N,) errors (inf where not valid),
     translation = camera-centre distance. inlier_ratio_n: (N,). estimator_ms_n: (N,) ms.
+    mode: RGB or RGB-D. depth_fallbacks: RGB-D frames localized with RGB instead (no depth
+    file, or too few cells with valid depth).
     covariance_n66: (N, 6, 6) the estimator's covariances (camera-frame twist, translation
     first); calibration: their NEES statistics on this split (`evaluation.calibration`).
     """
@@ -81,6 +96,8 @@ class SelectionResult:
     inlier_ratio_n: np.ndarray
     estimator_ms_n: np.ndarray
     summary: ErrorSummary
+    mode: PoseMode = PoseMode.RGB
+    depth_fallbacks: int = 0
     covariance_n66: np.ndarray | None = None
     calibration: CovarianceCalibration | None = None
 
@@ -90,9 +107,11 @@ class SceneResult:
     """Evaluation of one scene: ground truth, network timings and one entry per selection.
 
     T_wc_gt_n44: (N, 4, 4) ground-truth camera-to-world poses. preprocess_ms_n / network_ms_n:
-    (N,) per-frame milliseconds (shared by all modes). selections: mode value -> result.
+    (N,) per-frame milliseconds (shared by all modes). selections: result key -> result, the
+    key is the selection mode's value, with ``_rgbd`` for its RGB-D run (`result_key`).
     coverage: how far each evaluated frame is from the training views, and whether test
     frames are training frames (test split with a readable training split; else None).
+    depth_noise: relative depth noise of the RGB-D runs (0 without).
     """
 
     scene: str
@@ -106,6 +125,21 @@ class SceneResult:
     selections: dict[str, SelectionResult]
     device: str
     coverage: SceneCoverage | None = None
+    depth_noise: float = 0.0
+
+
+def result_key(selection: Selection, mode: PoseMode = PoseMode.RGB) -> str:
+    """Key of a SceneResult.selections entry: 'ransac', ..., 'ransac_rgbd', ..."""
+    return selection.value if mode is PoseMode.RGB else f'{selection.value}_{mode.value}'
+
+
+def _noisy(depth_m: np.ndarray | None, relative_std: float, seed: int) -> np.ndarray | None:
+    """depth * (1 + relative_std * n), n ~ N(0, 1) per pixel (invalid pixels stay invalid)."""
+    if depth_m is None or relative_std == 0.0:
+        return depth_m
+    rng = np.random.default_rng(seed)
+    noise = rng.standard_normal(depth_m.shape).astype(np.float32)
+    return (depth_m * (1.0 + relative_std * noise)).astype(np.float32)
 
 
 def frame_indices(num_frames: int, max_frames: int | None) -> np.ndarray:
@@ -153,7 +187,10 @@ def evaluate(checkpoint: str | os.PathLike | Relocalizer, scene_root: str | os.P
     """
     config = config if config is not None else EvaluationConfig()
     # The scene first: a wrong folder should not wait for a model to load.
-    dataset = SceneDataset(scene_root, config.split, load_depth=False)
+    dataset = SceneDataset(scene_root, config.split, load_depth=config.depth)
+    if config.depth and not dataset.intrinsics.depth_registered:
+        LOGGER.warning('%s: depth is not registered to colour (7-Scenes); RGB-D uses it as if it '
+                       'were, an approximation of a few pixels', scene_root)
     if isinstance(checkpoint, Relocalizer):
         relocalizer, checkpoint_name = checkpoint, '<in-memory relocalizer>'
     else:
@@ -170,19 +207,28 @@ def evaluate(checkpoint: str | os.PathLike | Relocalizer, scene_root: str | os.P
     names: list[str] = []
     T_gt = np.zeros((n, 4, 4))
     pre_ms, net_ms = np.zeros(n), np.zeros(n)
-    T_est = {s: np.zeros((n, 4, 4)) for s in config.selections}
-    valid = {s: np.zeros(n, dtype=bool) for s in config.selections}
-    ratio = {s: np.zeros(n) for s in config.selections}
-    est_ms = {s: np.zeros(n) for s in config.selections}
-    cov = {s: np.zeros((n, 6, 6)) for s in config.selections}
+    runs = [(s, m) for s in config.selections
+            for m in ((PoseMode.RGB, PoseMode.RGBD) if config.depth else (PoseMode.RGB,))]
+    T_est = {r: np.zeros((n, 4, 4)) for r in runs}
+    valid = {r: np.zeros(n, dtype=bool) for r in runs}
+    ratio = {r: np.zeros(n) for r in runs}
+    est_ms = {r: np.zeros(n) for r in runs}
+    fallbacks = dict.fromkeys(runs, 0)
+    cov = {r: np.zeros((n, 6, 6)) for r in runs}
+    seed = relocalizer.estimator_config.seed
+
+    def predict(frame, k: int):
+        if not config.depth:
+            return relocalizer.predict([frame.image_rgb], [frame.K])
+        depth = _noisy(frame.depth_m, config.depth_noise, seed * 1_000_003 + k)
+        return relocalizer.predict([frame.image_rgb], [frame.K], [depth])
 
     if n:
         # Untimed warm-up (first-call allocations, oneDNN kernel selection) so the per-frame
         # timings of the first mode are not inflated.
-        first = dataset[int(indices[0])]
-        warm = relocalizer.predict([first.image_rgb], [first.K])
-        for selection in config.selections:
-            relocalizer.estimate(warm, selection)
+        warm = predict(dataset[int(indices[0])], 0)
+        for selection, mode in runs:
+            relocalizer.estimate(warm, selection, use_depth=mode is PoseMode.RGBD)
 
     iterator = range(n)
     if config.progress:
@@ -192,40 +238,50 @@ def evaluate(checkpoint: str | os.PathLike | Relocalizer, scene_root: str | os.P
         frame = dataset[int(indices[k])]
         names.append(frame.name)
         T_gt[k] = frame.T_wc
-        prediction = relocalizer.predict([frame.image_rgb], [frame.K])
+        prediction = predict(frame, k)
         pre_ms[k] = prediction.timings['preprocess']
         net_ms[k] = prediction.timings['network']
-        for selection in config.selections:
-            (loc,) = relocalizer.estimate(prediction, selection)
-            T_est[selection][k] = loc.T_wc
-            valid[selection][k] = loc.valid
-            ratio[selection][k] = loc.inlier_ratio
-            est_ms[selection][k] = loc.timings['estimator']
-            cov[selection][k] = loc.covariance
+        for run in runs:
+            selection, mode = run
+            (loc,) = relocalizer.estimate(prediction, selection,
+                                          use_depth=mode is PoseMode.RGBD)
+            T_est[run][k] = loc.T_wc
+            valid[run][k] = loc.valid
+            ratio[run][k] = loc.inlier_ratio
+            est_ms[run][k] = loc.timings['estimator']
+            cov[run][k] = loc.covariance
+            fallbacks[run] += mode is PoseMode.RGBD and loc.mode is not PoseMode.RGBD
 
     T_cw_gt = np.linalg.inv(T_gt) if n else T_gt
     results = {}
-    for selection in config.selections:
-        T_cw_est = np.linalg.inv(T_est[selection]) if n else T_est[selection]
-        deg, m = frame_errors(T_cw_est, T_cw_gt, valid[selection])
-        results[selection.value] = SelectionResult(
-            selection=selection, T_wc_n44=T_est[selection], valid_n=valid[selection],
-            rotation_deg_n=deg, translation_m_n=m, inlier_ratio_n=ratio[selection],
-            estimator_ms_n=est_ms[selection], summary=summarize(deg, m, valid[selection]),
-            covariance_n66=cov[selection], calibration=covariance_calibration(
-                T_est[selection], T_gt, cov[selection], valid[selection]))
-        calibration = results[selection.value].calibration
+    for run in runs:
+        selection, mode = run
+        key = result_key(selection, mode)
+        T_cw_est = np.linalg.inv(T_est[run]) if n else T_est[run]
+        deg, m = frame_errors(T_cw_est, T_cw_gt, valid[run])
+        results[key] = SelectionResult(
+            selection=selection, T_wc_n44=T_est[run], valid_n=valid[run],
+            rotation_deg_n=deg, translation_m_n=m, inlier_ratio_n=ratio[run],
+            estimator_ms_n=est_ms[run], summary=summarize(deg, m, valid[run]), mode=mode,
+            depth_fallbacks=fallbacks[run], covariance_n66=cov[run],
+            calibration=covariance_calibration(T_est[run], T_gt, cov[run], valid[run]))
+        calibration = results[key].calibration
         LOGGER.info('%s %s: %.1f%% within 5cm/5deg; covariance NEES median %.2f (calibrated: '
                     '5.35), %.0f%% within the 95%% bound, scale %.3g', Path(scene_root).name,
-                    selection.value, results[selection.value].summary.within_pct['5cm_5deg'],
-                    calibration.nees_median, calibration.within_95_pct, calibration.scale)
+                    key, results[key].summary.within_pct['5cm_5deg'], calibration.nees_median,
+                    calibration.within_95_pct, calibration.scale)
+        if fallbacks[run]:
+            LOGGER.warning('%s %s: %d of %d frames without usable depth, localized with RGB',
+                           Path(scene_root).name, key, fallbacks[run], n)
     coverage = (_coverage(dataset, indices, T_gt, config.coverage)
                 if config.split == 'test' and n else None)
     return SceneResult(scene=Path(scene_root).resolve().name, scene_root=str(scene_root),
                        checkpoint=checkpoint_name, split=config.split,
                        frame_names=tuple(names), T_wc_gt_n44=T_gt, preprocess_ms_n=pre_ms,
                        network_ms_n=net_ms, selections=results,
-                       device=str(relocalizer.device), coverage=coverage)
+                       device=str(relocalizer.device), coverage=coverage,
+                       depth_noise=float(config.depth_noise) if config.depth else 0.0)
 
 
-__all__ = ['EvaluationConfig', 'SceneResult', 'SelectionResult', 'evaluate', 'frame_indices']
+__all__ = ['EvaluationConfig', 'SceneResult', 'SelectionResult', 'evaluate', 'frame_indices',
+           'result_key']

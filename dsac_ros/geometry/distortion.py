@@ -58,8 +58,13 @@ class Undistorter:
         self._key: tuple | None = None
         self._maps: tuple[np.ndarray, np.ndarray] | None = None
 
-    def __call__(self, image_hw3: np.ndarray, intrinsics: CameraIntrinsics) -> np.ndarray:
-        """Image (H, W, 3) of the raw camera -> undistorted image (H, W, 3) with pinhole K."""
+    def __call__(self, image_hw3: np.ndarray, intrinsics: CameraIntrinsics,
+                 interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
+        """Image (H, W, 3) of the raw camera -> undistorted image (H, W, 3) with pinhole K.
+
+        Also (H, W) images, e.g. registered depth with ``interpolation=cv2.INTER_NEAREST`` (no
+        depth invented between surfaces); pixels from outside the raw image are 0.
+        """
         if not intrinsics.distorted:
             return image_hw3
         key = (intrinsics.K.tobytes(), intrinsics.D.tobytes(), intrinsics.model,
@@ -74,5 +79,5 @@ class Undistorter:
                     intrinsics.K, intrinsics.D, np.eye(3), intrinsics.K, size, cv2.CV_16SC2)
             self._key = key
         map1, map2 = self._maps
-        return cv2.remap(image_hw3, map1, map2, interpolation=cv2.INTER_LINEAR,
+        return cv2.remap(image_hw3, map1, map2, interpolation=interpolation,
                          borderMode=cv2.BORDER_CONSTANT)

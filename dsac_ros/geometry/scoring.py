@@ -18,7 +18,7 @@ from torch import Tensor
 from dsac_ros.geometry.camera import check_intrinsics
 
 __all__ = ['ScratchBuffers', 'hard_inliers', 'reprojection_error_maps', 'reprojection_errors',
-           'soft_inlier_count']
+           'soft_inlier_count', 'transform_columns']
 
 # Points with camera z below this (metres) are divided by it: behind the camera -> the cap.
 DEFAULT_MIN_DEPTH = 1.0e-6
@@ -44,6 +44,18 @@ class ScratchBuffers:
             buf = torch.empty(numel, dtype=like.dtype, device=like.device)
             self._buffers[name] = buf
         return buf[:numel].view(shape)
+
+
+def transform_columns(P_bk34: Tensor, points_b4m: Tensor, out: Tensor | None = None) -> Tensor:
+    """P_k [X; 1] for K 3x4 matrices per image and M homogeneous points as columns: (B, K, 3,
+    M), one matmul (into ``out``, (B, K*3, M) or (K*3, M) for B = 1, when given)."""
+    B, Kh = P_bk34.shape[:2]
+    M = points_b4m.shape[2]
+    if B == 1:  # a plain mm is about twice as fast as a one-batch bmm on CPU
+        result = torch.mm(P_bk34.reshape(Kh * 3, 4), points_b4m[0], out=out)
+    else:
+        result = torch.bmm(P_bk34.reshape(B, Kh * 3, 4), points_b4m, out=out)
+    return result.reshape(B, Kh, 3, M)
 
 
 def reprojection_error_maps(T_cw_bk44: Tensor, K_b33: Tensor, points_b4m: Tensor,
@@ -82,13 +94,8 @@ def reprojection_error_maps(T_cw_bk44: Tensor, K_b33: Tensor, points_b4m: Tensor
     def buffer(name: str, shape: tuple[int, ...]) -> Tensor | None:
         return buffers.take(name, shape, ref) if buffers is not None else None
 
-    if B == 1:  # a plain mm is about twice as fast as a one-batch bmm on CPU
-        proj_bk3m = torch.mm(P_bk34.reshape(Kh * 3, 4), points_b4m[0],
-                             out=buffer('proj', (Kh * 3, M)))
-    else:
-        proj_bk3m = torch.bmm(P_bk34.reshape(B, Kh * 3, 4), points_b4m,
-                              out=buffer('proj', (B, Kh * 3, M)))
-    proj_bk3m = proj_bk3m.reshape(B, Kh, 3, M)
+    proj_bk3m = transform_columns(P_bk34, points_b4m, buffer(
+        'proj', (Kh * 3, M) if B == 1 else (B, Kh * 3, M)))
     x, y, z = proj_bk3m.unbind(2)
     u, v = pixels_2m.unbind(-2)
     if pixels_2m.dim() == 3:  # one row of pixels per image

@@ -61,6 +61,42 @@ def image_msg_to_rgb(msg: Image | CompressedImage) -> np.ndarray:
     return rgb
 
 
+def depth_msg_to_m(msg: Image) -> np.ndarray:
+    """Decodes a depth sensor_msgs Image into float32 metres (H, W), NaN where invalid.
+
+    16UC1 / mono16: millimetres, 0 (and 65535) invalid; 32FC1: metres, NaN / inf / <= 0
+    invalid (`dsac_ros.data.image_codec.image_to_depth_m`).
+
+    Raises:
+        ValueError: empty data, inconsistent step/size, or another encoding (the message
+            says which).
+    """
+    if len(msg.data) == 0:
+        raise ValueError('depth message has empty data')
+    return image_codec.image_to_depth_m(msg)
+
+
+def depth_to_image_msg(depth_m: np.ndarray, encoding: str = '16UC1', frame_id: str = ''
+                       ) -> Image:
+    """Depth (H, W) metres (NaN / <= 0 invalid) -> sensor_msgs/Image, the inverse of
+    `depth_msg_to_m`: 16UC1 millimetres (invalid and out of range -> 0) or 32FC1 metres
+    (invalid -> NaN). Header stamp left for the caller."""
+    depth = np.asarray(depth_m, np.float64)
+    if depth.ndim != 2:
+        raise ValueError(f'expected depth (H, W), got shape {depth.shape}')
+    valid = np.isfinite(depth) & (depth > 0)
+    if encoding == '16UC1':
+        mm = np.where(valid, np.round(depth * 1000.0), 0.0)
+        array = np.where(mm < 65535, mm, 0).astype(np.uint16)
+    elif encoding == '32FC1':
+        array = np.where(valid, depth, np.nan).astype(np.float32)
+    else:
+        raise ValueError(f"depth encoding must be '16UC1' or '32FC1', got {encoding!r}")
+    msg = image_codec.numpy_to_image(array, encoding, Image())
+    msg.header.frame_id = frame_id
+    return msg
+
+
 def rgb_to_image_msg(image_rgb_hw3: np.ndarray, frame_id: str = '') -> Image:
     """RGB uint8 (H, W, 3) -> sensor_msgs/Image rgb8 (header stamp left for the caller)."""
     if image_rgb_hw3.dtype != np.uint8 or image_rgb_hw3.ndim != 3 or image_rgb_hw3.shape[2] != 3:

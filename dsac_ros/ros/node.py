@@ -13,6 +13,12 @@ Topics (names are parameters; defaults shown):
       else nearest within sync_tolerance_s; `dsac_ros.ros.sync`): K of the raw image; a
       non-zero D (plumb_bob, rational_polynomial, equidistant) is undone before localizing.
       A camera that never sends camera_info: the model's training intrinsics (warned once).
+  in  ``depth_topic`` (empty: none, RGB only) sensor_msgs/Image: depth registered to the colour
+      image (``aligned_depth_to_color``), 16UC1 mm or 32FC1 m, 0 / NaN invalid, any resolution
+      of the image's aspect, same QoS as the image. Each image is paired with the depth image
+      of its stamp (nearest within depth_stamp_tolerance_s, waiting up to depth_wait_s for a
+      late one; the same synchronizer) and localized in RGB-D mode (Kabsch hypotheses, 3D
+      inliers); a frame without usable depth is localized with RGB and the reason counted.
   in  ``/tf``, ``/tf_static``: odom -> base_frame and base_frame -> ... -> camera optical frame,
       looked up at the image stamp (`dsac_ros.ros.tf_listener`: tf2_ros when installed, else
       the project's TfBuffer).
@@ -34,7 +40,9 @@ Topics (names are parameters; defaults shown):
       base_poses_published, initialposes_published, relocalize_requests, ...), the last
       frame's numbers (last_inliers, latency_ms (receive -> publish), stamp_to_publish_ms and
       transport_ms (on the node's clock: /clock under use_sim_time), queue_ms, decode_ms,
-      preprocess_ms, network_ms, estimator_ms, tf_ms, publish_ms), tf_backend, last_tf_error.
+      preprocess_ms, network_ms, estimator_ms, tf_ms, publish_ms), tf_backend, last_tf_error;
+      with a depth_topic also last_mode ('rgb' / 'rgbd'), poses_rgbd, poses_rgb,
+      depth_received, depth_fallback_no_depth / _bad_depth / _invalid_depth.
       OK / WARN (no pose, gated, no map -> odom) / ERROR (bad frame); STALE before the first
       image and after stale_timeout_s without one.
 Service: ``~/relocalize`` std_srvs/Trigger (`dsac_ros.ros.relocalize_service`): localize the

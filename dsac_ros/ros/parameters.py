@@ -88,6 +88,18 @@ class NodeSettings:
                                         'sensor_msgs/CameraInfo of the camera.', read_only=True)
     compressed_input: bool = _parameter(
         False, 'Subscribe to sensor_msgs/CompressedImage (jpeg/png).', read_only=True)
+    depth_topic: str = _parameter(
+        '', 'Depth image (sensor_msgs/Image) registered to the colour image, e.g. '
+        '/camera/aligned_depth_to_color/image_raw: 16UC1 millimetres or 32FC1 metres, 0 / NaN '
+        'invalid. Set: RGB-D relocalization (a frame without usable depth falls back to RGB); '
+        'empty: RGB only.', read_only=True)
+    depth_stamp_tolerance_s: float = _parameter(
+        0.02, 'Image and depth pair when their stamps differ by at most this (seconds); 0: the '
+        'same stamp only.', read_only=True, min_value=0.0, max_value=1.0)
+    depth_wait_s: float = _parameter(
+        0.05, 'How long a frame waits for its depth image when that has not arrived yet '
+        '(seconds); then it is localized with RGB.', read_only=True, min_value=0.0,
+        max_value=1.0)
     input_reliability: str = _parameter(
         Reliability.BEST_EFFORT.value,
         "QoS reliability of the camera subscriptions: 'best_effort' (sensor data) or "
@@ -195,6 +207,9 @@ class NodeSettings:
     inlier_threshold_px: float = _parameter(
         5.0, "Reprojection error below which a cell is an inlier, pixels of the model's input "
         'size.', min_value=0.5, max_value=50.0)
+    inlier_threshold_cm: float = _parameter(
+        0.0, "RGB-D: 3D distance below which a cell is an inlier, cm; 0: the model's own "
+        '(checkpoint metadata), 10 cm without one.', min_value=0.0, max_value=100.0)
     refinement_steps: int = _parameter(8, 'Inlier re-selection + PnP refinement rounds.',
                                        min_value=0, max_value=100)
     min_inliers: int = _parameter(
@@ -226,6 +241,7 @@ class NodeSettings:
         return replace(base, selection=Selection(self.selection),
                        num_hypotheses=self.num_hypotheses,
                        inlier_threshold_px=self.inlier_threshold_px,
+                       inlier_threshold_cm=self.inlier_threshold_cm or None,
                        refinement_steps=self.refinement_steps,
                        min_inliers_for_pose=self.min_inliers, seed=self.seed)
 
@@ -235,7 +251,7 @@ PARAMETER_SPECS: dict[str, ParameterSpec] = {
 """Spec of every parameter, by name (the fields' metadata)."""
 
 ESTIMATOR_PARAMETERS = ('selection', 'num_hypotheses', 'inlier_threshold_px',
-                        'refinement_steps', 'min_inliers', 'seed')
+                        'inlier_threshold_cm', 'refinement_steps', 'min_inliers', 'seed')
 """Parameters that `NodeSettings.estimator_config` reads."""
 
 _DEFAULTS = {f.name: f.default for f in fields(NodeSettings)}
@@ -291,7 +307,7 @@ def validate(name: str, value: Any) -> str | None:
         if not _FRAME_RE.match(value):
             empty = ', non-empty' if name in _REQUIRED_FRAMES else ''
             return f'{name}={value!r} is not a valid frame id (no leading /{empty})'
-    if name.endswith('_topic') and not value:
+    if name.endswith('_topic') and not value and name != 'depth_topic':
         return f'{name} must not be empty'
     return None
 

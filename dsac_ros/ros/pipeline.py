@@ -1,22 +1,27 @@
 """The per-frame path of the relocalization node, kept out of the Node class.
 
 `LatestSlot` holds the newest camera frame only (older, unprocessed ones are dropped, never
-queued), and `FramePipeline` turns one Image/CompressedImage (+ optional CameraInfo) into a
-`FrameResult`: decode -> calibration check -> undistort -> `Relocalizer.localize`. The node and
-`benchmarks/bench_node_latency.py` both run this code.
+queued), and `FramePipeline` turns one Image/CompressedImage (+ optional CameraInfo, + the depth
+image paired with it in RGB-D) into a `FrameResult`: decode -> calibration check -> undistort
+-> `Relocalizer.localize`. The node and `benchmarks/bench_node_latency.py` both run this code.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 import threading
 import time
 from typing import Any, Generic, TypeVar
 
+import cv2
 import numpy as np
 
+from dsac_ros.dsac import PoseMode
+from dsac_ros.geometry.camera import scale_intrinsics_np
 from dsac_ros.geometry.distortion import CameraIntrinsics, Undistorter
-from dsac_ros.ros.messages import camera_info_to_intrinsics, image_msg_to_rgb
+from dsac_ros.relocalizer import check_depth_image
+from dsac_ros.ros.messages import camera_info_to_intrinsics, depth_msg_to_m, image_msg_to_rgb
 
 T = TypeVar('T')
 
@@ -59,9 +64,23 @@ class LatestSlot(Generic[T]):
             self._cond.notify_all()
 
 
+class DepthFallback(str, Enum):
+    """Why a frame of an RGB-D node was localized with RGB (the node counts each).
+
+    NO_DEPTH: no depth image with a matching stamp (within the tolerance, after the wait).
+    BAD_DEPTH: the depth image could not be used (encoding, size, not registered); logged.
+    INVALID_DEPTH: too few cells with valid depth (0 / NaN) for an RGB-D pose.
+    """
+
+    NO_DEPTH = 'no_depth'
+    BAD_DEPTH = 'bad_depth'
+    INVALID_DEPTH = 'invalid_depth'
+
+
 @dataclass
 class ReceivedFrame:
-    """An image message with its CameraInfo, paired by stamp (`dsac_ros.ros.sync`).
+    """An image message with its CameraInfo (and depth image), paired by stamp
+    (`dsac_ros.ros.sync`).
 
     Attributes:
         msg: sensor_msgs Image or CompressedImage.
@@ -71,12 +90,15 @@ class ReceivedFrame:
         received_clock_ns: the node's clock in the image callback, nanoseconds: ROS time, i.e.
             /clock under use_sim_time (0 before the first /clock), so that it compares with
             header stamps.
+        depth: RGB-D: the depth Image of the image's stamp (nearest within
+            depth_stamp_tolerance_s), None when none came within depth_wait_s.
     """
 
     msg: Any
     camera_info: Any | None
     received_monotonic: float
     received_clock_ns: int
+    depth: Any | None = None
 
 
 @dataclass
@@ -89,8 +111,11 @@ class FrameResult:
         error: why the frame was rejected (bad message), else None.
         K: (3, 3) intrinsics the image was localized with (pixels of the undistorted input).
         used_camera_info: False when the model's own intrinsics were used (no camera_info).
-        timings_ms: 'decode' (decode + undistort), 'network', 'estimator' (from the
-            Relocalizer), 'localize' (the whole call), in milliseconds.
+        timings_ms: 'decode' (decode + undistort, depth included), 'network', 'estimator'
+            (from the Relocalizer), 'localize' (the whole call), in milliseconds.
+        mode: which correspondences gave the pose (PoseMode.RGB or RGBD).
+        depth_fallback: why an RGB-D pipeline localized this frame with RGB, else None.
+        depth_error: what was wrong with the depth image (BAD_DEPTH, INVALID_DEPTH), else ''.
     """
 
     localization: Any | None
@@ -98,18 +123,26 @@ class FrameResult:
     K: np.ndarray | None = None
     used_camera_info: bool = False
     timings_ms: dict[str, float] = field(default_factory=dict)
+    mode: PoseMode = PoseMode.RGB
+    depth_fallback: DepthFallback | None = None
+    depth_error: str = ''
 
 
 class FramePipeline:
     """Decodes, checks and localizes one frame with a `dsac_ros.relocalizer.Relocalizer`.
 
     Args:
-        relocalizer: object with ``localize(image_rgb_hw3 uint8, K_33 or None) -> Localization``.
+        relocalizer: object with ``localize(image_rgb_hw3 uint8, K_33 or None) -> Localization``
+            (with ``expects_depth`` also ``localize(image, K, depth_m)``).
+        expects_depth: RGB-D: every frame should come with its depth image; one without (or
+            with an unusable one) is localized with RGB and its `DepthFallback` reported.
     """
 
-    def __init__(self, relocalizer) -> None:
+    def __init__(self, relocalizer, expects_depth: bool = False) -> None:
         self.relocalizer = relocalizer
+        self.expects_depth = expects_depth
         self._undistort = Undistorter()
+        self._undistort_depth = Undistorter()  # own remap tables (another resolution)
         self._info_key: tuple | None = None
         self._intrinsics: CameraIntrinsics | None = None
 
@@ -122,15 +155,20 @@ class FramePipeline:
             self._info_key = key
         return self._intrinsics
 
-    def process(self, image_msg, camera_info=None) -> FrameResult:
+    def process(self, image_msg, camera_info=None, depth_msg=None) -> FrameResult:
         """Localizes one image message; a bad message yields a result with ``error`` set.
 
         Args:
             image_msg: sensor_msgs Image (rgb8/bgr8/rgba8/bgra8/mono8) or CompressedImage.
             camera_info: sensor_msgs CameraInfo of the same camera, or None to use the model's
                 training intrinsics.
+            depth_msg: with ``expects_depth``: the depth Image paired with ``image_msg``
+                (16UC1 mm / 32FC1 m, registered to it, any resolution of its aspect), or None
+                when none was found. A bad depth image does not reject the frame: it is
+                localized with RGB (``depth_fallback`` BAD_DEPTH, ``depth_error`` says why).
         """
         start = time.perf_counter()
+        intrinsics = None
         try:
             image = image_msg_to_rgb(image_msg)
             K = None
@@ -145,8 +183,23 @@ class FramePipeline:
                 K = intrinsics.K
         except ValueError as exc:
             return FrameResult(localization=None, error=str(exc))
+        depth, fallback, depth_error = None, None, ''
+        if self.expects_depth:
+            if depth_msg is None:
+                fallback = DepthFallback.NO_DEPTH
+            else:
+                try:
+                    depth = self._depth(depth_msg, image.shape, intrinsics)
+                except ValueError as exc:
+                    fallback, depth_error = DepthFallback.BAD_DEPTH, str(exc)
         decoded = time.perf_counter()
-        localization = self.relocalizer.localize(image, K)
+        if depth is None:
+            localization = self.relocalizer.localize(image, K)
+        else:
+            localization = self.relocalizer.localize(image, K, depth)
+            if getattr(localization, 'depth_fallback', ''):
+                fallback = DepthFallback.INVALID_DEPTH
+                depth_error = localization.depth_fallback
         done = time.perf_counter()
         timings = {
             'decode': 1e3 * (decoded - start),
@@ -155,4 +208,20 @@ class FramePipeline:
         for key, value in dict(getattr(localization, 'timings', {}) or {}).items():
             timings[key] = float(value)
         return FrameResult(localization=localization, K=K, used_camera_info=K is not None,
-                           timings_ms=timings)
+                           timings_ms=timings,
+                           mode=PoseMode(getattr(localization, 'mode', PoseMode.RGB)),
+                           depth_fallback=fallback, depth_error=depth_error)
+
+    def _depth(self, depth_msg, image_shape: tuple[int, ...],
+               intrinsics: CameraIntrinsics | None) -> np.ndarray:
+        """Decoded, checked and (with the image's distortion) undistorted depth, metres."""
+        depth = depth_msg_to_m(depth_msg)
+        check_depth_image(depth, image_shape, 'depth image')
+        if intrinsics is not None and intrinsics.distorted:
+            # Registered to the raw colour image: undo the same distortion at its resolution.
+            h, w = depth.shape
+            at_depth = CameraIntrinsics(
+                scale_intrinsics_np(intrinsics.K, w / intrinsics.width, h / intrinsics.height),
+                intrinsics.D, intrinsics.model, w, h)
+            depth = self._undistort_depth(depth, at_depth, interpolation=cv2.INTER_NEAREST)
+        return depth

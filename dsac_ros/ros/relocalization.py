@@ -3,10 +3,11 @@ input pairing, the worker thread, robot pose and TF, the jump gate, on-demand re
 diagnostics. The node classes (`dsac_ros.ros.node`, `dsac_ros.ros.lifecycle_node`) only declare
 parameters, load the model and call `activate` / `deactivate` / `close`.
 
-Threading: subscription callbacks pair each image with its CameraInfo by stamp
-(`StampSynchronizer`) and store the pair in a one-element slot (`LatestSlot`); a worker thread
-localizes the newest pair, looks up TF, publishes. When inference is slower than the camera,
-older frames are dropped (counted), never queued.
+Threading: subscription callbacks pair each image with its CameraInfo (and, with a depth_topic,
+its depth image: RGB-D) by stamp (`StampSynchronizer`) and store the set in a one-element slot
+(`LatestSlot`); a worker thread localizes the newest set, looks up TF, publishes. When inference
+is slower than the camera, older frames are dropped (counted), never queued. A frame whose depth
+image does not come within depth_wait_s is localized with RGB (counted by reason).
 """
 
 from __future__ import annotations
@@ -28,7 +29,13 @@ from dsac_ros.geometry.transforms import inflate_pose_covariance_np
 from dsac_ros.ros.messages import covariance_to_ros, diagnostic_array, stamp_to_ns
 from dsac_ros.ros.outputs import PoseOutputs
 from dsac_ros.ros.parameters import ESTIMATOR_PARAMETERS, NodeSettings, Reliability, TfMode
-from dsac_ros.ros.pipeline import FramePipeline, LatestSlot, ReceivedFrame
+from dsac_ros.ros.pipeline import (
+    DepthFallback,
+    FramePipeline,
+    FrameResult,
+    LatestSlot,
+    ReceivedFrame,
+)
 from dsac_ros.ros.relocalize_service import FrameOutcome, RelocalizeService
 from dsac_ros.ros.robot_pose import GateLimits, JumpGate, RobotPose, robot_pose
 from dsac_ros.ros.sync import Matched, StampSynchronizer
@@ -37,6 +44,7 @@ from dsac_ros.ros.tf_listener import create_transform_source
 DIAGNOSTIC_NAME = 'dsac_ros: relocalization'
 WARN_PERIOD_S = 5.0
 _OPTIONAL_INFO_WAIT_S = 0.1  # an image waits this long for a first CameraInfo
+_RELEASE_PERIOD_S = 0.02  # how often waiting frames are checked against those waits
 
 
 @dataclass
@@ -56,7 +64,10 @@ class _Stats:
     tf_failures: int = 0
     last_tf_error: str = ''
     latency_sum_ms: float = 0.0
-    last: dict[str, float] = field(default_factory=dict)
+    poses_by_mode: dict[str, int] = field(default_factory=lambda: {'rgb': 0, 'rgbd': 0})
+    depth_fallbacks: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys((f.value for f in DepthFallback), 0))
+    last: dict[str, float | str] = field(default_factory=dict)
     level: int = DiagnosticStatus.STALE
     message: str = 'no frame yet'
 
@@ -67,7 +78,7 @@ class Relocalization:
     Args:
         node: the node (parameters already declared) to create publishers, timers, the TF
             listener and the ``~/relocalize`` service on; subscriptions come with `activate`.
-        relocalizer: object with ``localize(image_rgb_hw3, K_33 or None)``,
+        relocalizer: object with ``localize(image_rgb_hw3, K_33 or None[, depth_m])``,
             ``estimator_config`` and ``set_estimator_config(config)``.
         settings: the node's current parameter values.
     """
@@ -78,12 +89,17 @@ class Relocalization:
         self._relocalizer = relocalizer
         self._apply_estimator_settings()
         s = settings
-        self._pipeline = FramePipeline(relocalizer)
+        self._rgbd = bool(s.depth_topic)
+        self._pipeline = FramePipeline(relocalizer, expects_depth=self._rgbd)
         self._slot: LatestSlot[ReceivedFrame] = LatestSlot()
         self._stats = _Stats()
-        self._sync = StampSynchronizer('image', ['camera_info'],
-                                       tolerance_ns=int(round(s.sync_tolerance_s * 1e9)),
-                                       queue_size=s.sync_queue_size, optional=['camera_info'])
+        # Each image with the CameraInfo and (RGB-D) the depth image of its stamp.
+        tolerance = {'camera_info': int(round(s.sync_tolerance_s * 1e9))}
+        if self._rgbd:
+            tolerance['depth'] = int(round(s.depth_stamp_tolerance_s * 1e9))
+        self._sync = StampSynchronizer('image', list(tolerance), tolerance_ns=tolerance,
+                                       queue_size=s.sync_queue_size, optional=['camera_info'],
+                                       fallback=['depth'] if self._rgbd else ())
         self._gate = JumpGate()
         self._last_warning: dict[str, float] = {}
         self._unmatched_reported = 0
@@ -98,7 +114,7 @@ class Relocalization:
         self._diag_pub = node.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self._timers = [
             node.create_timer(s.diagnostics_period_s, self._publish_diagnostics, clock=steady),
-            node.create_timer(_OPTIONAL_INFO_WAIT_S, self._release_without_info, clock=steady),
+            node.create_timer(_RELEASE_PERIOD_S, self._release_waiting, clock=steady),
         ]
         self._time_jumped = threading.Event()
         self._jump_handle = node.get_clock().create_jump_callback(
@@ -124,8 +140,13 @@ class Relocalization:
             node.create_subscription(image_type, self._image_topic, self._on_image, qos),
             node.create_subscription(CameraInfo, s.camera_info_topic, self._on_camera_info, qos),
         ]
+        if self._rgbd:
+            self._subscriptions.append(
+                node.create_subscription(Image, s.depth_topic, self._on_depth, qos))
+        depth = f' + depth {s.depth_topic} (RGB-D)' if self._rgbd else ' (RGB)'
         node.get_logger().info(
-            f'listening on {self._image_topic} + {s.camera_info_topic} ({s.input_reliability}); '
+            f'listening on {self._image_topic} + {s.camera_info_topic}{depth} '
+            f'({s.input_reliability}); '
             f'publishing {s.pose_topic}, {s.base_pose_topic} in {s.map_frame!r}, tf_mode '
             f'{s.tf_mode} (TF input: {self._tf_in.backend}), continuous={s.continuous}')
 
@@ -191,15 +212,21 @@ class Relocalization:
     def _on_camera_info(self, msg: CameraInfo) -> None:
         self._store(self._sync.add('camera_info', stamp_to_ns(msg.header.stamp), msg))
 
-    def _release_without_info(self) -> None:
-        """A camera without camera_info: its images wait _OPTIONAL_INFO_WAIT_S at most."""
-        deadline = time.monotonic() - _OPTIONAL_INFO_WAIT_S
-        self._store(self._sync.release_optional(lambda item: item[1] <= deadline))
+    def _on_depth(self, msg: Image) -> None:
+        self._store(self._sync.add('depth', stamp_to_ns(msg.header.stamp), msg))
+
+    def _release_waiting(self) -> None:
+        """Frames that wait only for their depth image go on without it after depth_wait_s (RGB
+        fallback); a camera without camera_info holds images _OPTIONAL_INFO_WAIT_S at most."""
+        now = time.monotonic()
+        wait = self.settings.depth_wait_s if self._rgbd else _OPTIONAL_INFO_WAIT_S
+        self._store(self._sync.release(lambda item: now - item[1] >= wait))
 
     def _store(self, matches: list[Matched]) -> None:
         for match in matches:
             msg, received, clock_ns = match.items['image']
-            self._slot.put(ReceivedFrame(msg, match.items['camera_info'], received, clock_ns))
+            self._slot.put(ReceivedFrame(msg, match.items['camera_info'], received, clock_ns,
+                                         match.items.get('depth')))
 
     # -- worker thread -------------------------------------------------------------------------
 
@@ -244,7 +271,9 @@ class Relocalization:
                         "model's training intrinsics", once=True)
         stamp_ns = stamp_to_ns(frame.msg.header.stamp)
         queue_ms = 1e3 * (time.monotonic() - frame.received_monotonic)
-        result = self._pipeline.process(frame.msg, frame.camera_info)
+        result = self._pipeline.process(frame.msg, frame.camera_info, frame.depth)
+        if result.depth_fallback is not None:
+            self._warn_depth_fallback(result)
         outcome = FrameOutcome(stamp_ns, frame.received_monotonic)
         if result.error is not None:
             with self._stats.lock:
@@ -259,13 +288,16 @@ class Relocalization:
         outcome.inliers = int(loc.inlier_count)
         timings = {'tf': 0.0, 'publish': 0.0}
         gated = None
+        with self._stats.lock:
+            if result.depth_fallback is not None:
+                self._stats.depth_fallbacks[result.depth_fallback.value] += 1
         if not loc.valid:  # the estimator applies min_inliers
             outcome.problem = f'fewer than min_inliers={s.min_inliers} inliers'
             log.warning(f'no pose: fewer than min_inliers={s.min_inliers} inliers',
                         throttle_duration_sec=WARN_PERIOD_S)
         else:
             gated = self._accept(frame, stamp_ns, loc, outcome, timings)
-        self._record(frame, stamp_ns, loc, result.timings_ms, queue_ms, timings, gated)
+        self._record(frame, stamp_ns, result, queue_ms, timings, gated)
         self._service.offer(outcome)
 
     def _accept(self, frame: ReceivedFrame, stamp_ns: int, loc, outcome: FrameOutcome,
@@ -330,6 +362,18 @@ class Relocalization:
             return robot_pose(T_map_camera, covariance, T_camera_base), self._tf_failed(exc)
         return robot_pose(T_map_camera, covariance, T_camera_base, T_odom_base), None
 
+    def _warn_depth_fallback(self, result: FrameResult) -> None:
+        reason = result.depth_fallback
+        if reason is DepthFallback.NO_DEPTH:
+            s = self.settings
+            text = (f'no depth on {s.depth_topic} within {1e3 * s.depth_stamp_tolerance_s:g} ms '
+                    'of the image stamp')
+        else:
+            text = f'depth not usable: {result.depth_error}'
+        # throttled per kind of problem: each bad encoding / size / ... shows
+        self._warn_throttled(f'{reason.value}: {result.depth_error}',
+                             f'{text}; localizing with RGB')
+
     def _tf_failed(self, exc: TransformLookupError) -> str:
         text = str(exc)
         with self._stats.lock:
@@ -349,8 +393,10 @@ class Relocalization:
             references = {'map_to_odom': best.robot.T_map_odom}
         self._gate.accept(best.stamp_ns, references)
 
-    def _record(self, frame: ReceivedFrame, stamp_ns: int, loc, pipeline_ms: dict[str, float],
-                queue_ms: float, timings: dict[str, float], gated: str | None) -> None:
+    def _record(self, frame: ReceivedFrame, stamp_ns: int, result: FrameResult, queue_ms: float,
+                timings: dict[str, float], gated: str | None) -> None:
+        loc, pipeline_ms = result.localization, result.timings_ms
+        mode = result.mode.value
         now_mono = time.monotonic()
         now_clock = self._node.get_clock().now().nanoseconds
         latency_ms = 1e3 * (now_mono - frame.received_monotonic)
@@ -371,6 +417,8 @@ class Relocalization:
             'tf_ms': timings['tf'],
             'publish_ms': timings['publish'],
         }
+        if self._rgbd:
+            last['last_mode'] = mode
         s = self.settings
         with self._stats.lock:
             st = self._stats
@@ -382,7 +430,11 @@ class Relocalization:
                 st.level, st.message = DiagnosticStatus.WARN, f'pose gated: {gated}'
             elif loc.valid:
                 st.published += 1
-                st.level, st.message = DiagnosticStatus.OK, 'localized'
+                st.poses_by_mode[mode] += 1
+                st.level = DiagnosticStatus.OK
+                st.message = f'localized ({mode})' if self._rgbd else 'localized'
+                if result.depth_fallback is not None:
+                    st.message += f', {result.depth_fallback.value}'
                 if s.tf_mode == TfMode.MAP_TO_ODOM.value and st.last_tf_error and \
                         self._outputs.counts['map_to_odom_sent'] == 0:
                     st.level = DiagnosticStatus.WARN
@@ -408,7 +460,7 @@ class Relocalization:
         return (f'{self._image_topic}: {counts.received["image"]} images so far, '
                 f'{counts.unmatched["image"]} without a camera_info match')
 
-    def counters(self) -> dict[str, float]:
+    def counters(self) -> dict[str, float | str]:
         """Counters and the last frame's numbers (what /diagnostics reports)."""
         sync = self._sync.counts()
         outputs = dict(self._outputs.counts)
@@ -432,6 +484,11 @@ class Relocalization:
                 'relocalize_succeeded': self._service.succeeded,
                 'mean_latency_ms': st.latency_sum_ms / st.processed if st.processed else 0.0,
             }
+            if self._rgbd:
+                values['depth_received'] = sync.received['depth']
+                values.update({f'poses_{mode}': n for mode, n in st.poses_by_mode.items()})
+                values.update({f'depth_fallback_{reason}': n
+                               for reason, n in st.depth_fallbacks.items()})
             values.update(st.last)
             return values
 

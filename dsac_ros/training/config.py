@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from dsac_ros.dsac import Selection
+from dsac_ros.dsac.config import DEFAULT_INLIER_THRESHOLD_CM
 from dsac_ros.models.scene_coordinate_net import SceneCoordinateNetConfig
 
 
@@ -141,7 +142,13 @@ class ScoreStageConfig:
 
 @dataclass(frozen=True)
 class EndToEndStageConfig:
-    """Stage 3: end-to-end training through ``dsac.expected_pose_loss`` (paper Sec. 4.2)."""
+    """Stage 3: end-to-end training through ``dsac.expected_pose_loss`` (paper Sec. 4.2).
+
+    ``depth``: through the estimator's RGB-D mode instead (Kabsch hypotheses from 3 cells, 3D
+    inliers within ``inlier_threshold_cm``), with the depth of the training frames (the z of
+    their scene-coordinate targets); needs a scene with depth. ``inlier_threshold_cm`` is
+    also what the checkpoint's metadata carries as the model's RGB-D threshold.
+    """
 
     budget: Budget = Budget(iterations=300)
     selection: Selection = Selection.DSAC
@@ -155,12 +162,16 @@ class EndToEndStageConfig:
     frames_per_step: int = 1
     num_hypotheses: int = 256
     train_score: bool = True
+    depth: bool = False
+    inlier_threshold_cm: float = DEFAULT_INLIER_THRESHOLD_CM
 
     def __post_init__(self) -> None:
         if not isinstance(self.selection, Selection):
             object.__setattr__(self, 'selection', Selection(self.selection))
         if self.selection is Selection.RANSAC:
             raise ValueError('end-to-end training needs selection dsac or softam, not ransac')
+        if not 0.0 < float(self.inlier_threshold_cm) < float('inf'):
+            raise ValueError(f'inlier_threshold_cm must be > 0, got {self.inlier_threshold_cm}')
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,17 @@ class TrainingSet:
     def __len__(self) -> int:
         return int(self.images_b3hw.shape[0])
 
+    def cell_depths(self, index: Tensor) -> Tensor:
+        """(B, H/8, W/8) float32 depth (metres, NaN = unknown) of the cells of frames
+        ``index``: the camera z of their scene-coordinate targets, i.e. the depth they were
+        back-projected from (the RGB-D estimator's input). Needs ``coords_b3hw``."""
+        if self.coords_b3hw is None:
+            raise ValueError('this training set has no depth')
+        coords = self.coords_b3hw[index].double()  # (B, 3, h, w) world
+        T_cw = self.T_cw_b44[index]
+        z = torch.einsum('bk,bkhw->bhw', T_cw[:, 2, :3], coords) + T_cw[:, 2, 3, None, None]
+        return z.float()
+
     @property
     def image_size(self) -> tuple[int, int]:
         """(height, width) in pixels."""

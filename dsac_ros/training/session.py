@@ -24,6 +24,7 @@ from torch import Tensor, nn
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from dsac_ros.dsac.config import EstimatorConfig, estimator_metadata
 from dsac_ros.models.checkpoint import (
     load_checkpoint,
     remove_stale_temporaries,
@@ -331,6 +332,10 @@ def metadata(session: Session) -> dict[str, Any]:
             'stages_completed': ','.join(session.completed), 'seed': session.config.seed}
     if Stage.E2E.value in session.completed:
         meta['e2e_selection'] = session.config.e2e.selection.value
+        meta['e2e_depth'] = session.config.e2e.depth
+    # The model's RGB-D inlier threshold travels with it (the relocalizer's default).
+    meta.update(estimator_metadata(
+        EstimatorConfig(inlier_threshold_cm=session.config.e2e.inlier_threshold_cm)))
     if session.result is not None:
         meta.update(session.result.validation)
     # A synthetic scene's recipe travels with the model, so the demo can re-render its test loop.

@@ -209,12 +209,13 @@ def clamped_score_fn(score_net: ScoreNet, limit: float) -> Callable[[Tensor], Te
 def end_to_end_loss(coord_net: SceneCoordinateNet, score_net: ScoreNet | None,
                     images_b3hw: Tensor, K_33: Tensor, T_cw_gt_b44: Tensor,
                     estimator: EstimatorConfig, grad_clamp: float,
-                    generator: torch.Generator | None, runtime: Runtime | None = None
-                    ) -> Tensor:
+                    generator: torch.Generator | None, runtime: Runtime | None = None,
+                    depth_bhw: Tensor | None = None) -> Tensor:
     """Expected pose loss (deg / cm, paper Eq. 7 / SoftAM Eq. 4) of a batch of images.
 
     images_b3hw: (B, 3, H, W) in [0, 1]; K_33 (3, 3) pixels; T_cw_gt_b44 (B, 4, 4)
-    world-to-camera. Gradients entering either network are clamped to +- grad_clamp.
+    world-to-camera; depth_bhw: (B, H/8, W/8) cell depths in metres for the RGB-D estimator
+    (None: RGB). Gradients entering either network are clamped to +- grad_clamp.
     """
     # bf16 autocast only: fp16 gradients of the pose loss would need loss scaling.
     use_amp = runtime is not None and runtime.amp_dtype == torch.bfloat16
@@ -227,8 +228,10 @@ def end_to_end_loss(coord_net: SceneCoordinateNet, score_net: ScoreNet | None,
     score_fn = None if score_net is None else clamped_score_fn(score_net, grad_clamp)
     B = pred.shape[0]
     K_b33 = K_33.to(pred).expand(B, 3, 3)
+    if depth_bhw is not None:
+        depth_bhw = depth_bhw.to(pred)
     return expected_pose_loss(pred, K_b33, T_cw_gt_b44.to(pred), estimator, score_fn,
-                              generator, stride=coord_net.stride)
+                              generator, stride=coord_net.stride, depth_bhw=depth_bhw)
 
 
 def train_e2e(session: Session) -> None:
@@ -255,18 +258,25 @@ def train_e2e(session: Session) -> None:
     else:
         _LOG.warning('stage e2e without a score net: scoring by soft inlier count, only the '
                      'coordinate net learns')
+    if cfg.depth and data.coords_b3hw is None:
+        raise ValueError(f'end-to-end RGB-D training needs depth; {session.config.scene} has '
+                         'none (or use_depth is off)')
     estimator = EstimatorConfig(selection=cfg.selection, num_hypotheses=cfg.num_hypotheses,
-                                seed=session.config.seed)
+                                seed=session.config.seed,
+                                inlier_threshold_cm=cfg.inlier_threshold_cm)
     generator = stage_generator(session, Stage.E2E)
     K = data.K_33.to(runtime.device, torch.float32)
-    _LOG.info('stage e2e (%s): %d frame(s) per step, %d hypotheses, budget %s',
-              cfg.selection.value, cfg.frames_per_step, cfg.num_hypotheses, cfg.budget)
+    _LOG.info('stage e2e (%s, %s): %d frame(s) per step, %d hypotheses, budget %s',
+              cfg.selection.value,
+              f'RGB-D, {cfg.inlier_threshold_cm:g} cm' if cfg.depth else 'RGB',
+              cfg.frames_per_step, cfg.num_hypotheses, cfg.budget)
 
     def step_fn(step: int) -> dict[str, float]:
         idx = draw_frames(session, cfg.frames_per_step, generator)
         images = batch_images(session, idx, False, generator)
+        depth = data.cell_depths(idx) if cfg.depth else None
         loss = end_to_end_loss(coord_net, score_net, images, K, data.T_cw_b44[idx], estimator,
-                               cfg.grad_clamp, generator, runtime)
+                               cfg.grad_clamp, generator, runtime, depth_bhw=depth)
         for o in optims:
             o.optimizer.zero_grad(set_to_none=True)
         loss.backward()
