@@ -176,16 +176,21 @@ class RosClient:
             'frames_failed', 'frames_not_requested'))
         return got > received and done == got
 
-    def publish_and_wait(self, image, info, timeout_s: float = 30.0) -> int:
-        """Publishes one frame and waits until the node has finished with it (so the next
-        frame cannot replace it, whatever the machine's load); returns its stamp. The count
-        before comes from a /diagnostics message sent after the node settled, so that a late
-        report of an earlier frame cannot pass for this one."""
+    def settled_diag(self, timeout_s: float = 30.0) -> dict[str, str]:
+        """A /diagnostics report sent after the node finished with every frame it got (two
+        reports after this call, so not a late one from before)."""
         with self.lock:
             seen = len(self.diagnostics)
         assert wait_for(lambda: len(self.diagnostics) >= seen + 2
                         and self.settled(-1.0), timeout_s), self.last_diag()
-        received = float(self.last_diag()['frames_received'])
+        return self.last_diag()
+
+    def publish_and_wait(self, image, info, timeout_s: float = 30.0) -> int:
+        """Publishes one frame and waits until the node has finished with it (so the next
+        frame cannot replace it, whatever the machine's load); returns its stamp. The count
+        before comes from a settled report (`settled_diag`), so that a late report of an
+        earlier frame cannot pass for this one."""
+        received = float(self.settled_diag(timeout_s)['frames_received'])
         stamp = self.publish(image, info)
         assert wait_for(lambda: self.settled(received), timeout_s), self.last_diag()
         return stamp
@@ -346,8 +351,9 @@ def test_bad_messages_do_not_stop_the_node(running_node, frames):
     frame = frames[0]
     height, width = frame.image_rgb.shape[:2]
     good_image, good_info = _good(frame)
-    rejected_before = client.counter('frames_rejected')
-    processed_before = client.counter('frames_processed')
+    settled = client.settled_diag()  # the previous test's last frames are done and counted
+    rejected_before = float(settled['frames_rejected'])
+    processed_before = float(settled['frames_processed'])
 
     yuv = messages.rgb_to_image_msg(frame.image_rgb, 'camera_optical')
     yuv.encoding = 'yuv422'
