@@ -31,6 +31,8 @@ setup(
             'dsac_extract_bag = dsac_ros.cli.extract_bag:main',
             'dsac_make_scene = dsac_ros.cli.make_scene:main',
             'dsac_demo = dsac_ros.cli.demo:main',
+            'dsac_replay = dsac_ros.cli.replay:main',
+            'relocalize_lifecycle_node = dsac_ros.ros.lifecycle_node:main',
         ],
     },
 )

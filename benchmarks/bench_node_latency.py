@@ -12,8 +12,14 @@ per-frame accounting (milliseconds):
   preprocess checks, resize to the model's input size, tensor upload
   network    scene-coordinate CNN
   estimator  DSAC hypotheses, scoring, selection, refinement
-  publish    building and publishing PoseStamped, PoseWithCovarianceStamped and /tf
+  tf         TF lookups at the image stamp (base -> camera, odom -> base), including the wait
+             for odometry (50 Hz here) to reach the image stamp
+  publish    building and publishing the poses, the base pose and /tf
   total      callback -> poses published (the node's latency_ms)
+
+Each size runs twice: tf_mode map_to_camera (a camera alone: no TF lookups) and map_to_odom
+(a robot: a static base_link -> camera extrinsic and odom -> base_link at 50 Hz from another
+node, map -> odom out), so the table shows what the REP-105 chain costs.
 
     .venv/bin/python benchmarks/bench_node_latency.py [--model PATH] [--frames 30]
 
@@ -43,8 +49,9 @@ from dsac_ros.demo.dds_env import loopback_dds_env
 from dsac_ros.ros import messages
 from dsac_ros.ros.node import RelocalizeNode, default_model_path
 
-PARTS = ('transport', 'queue', 'decode', 'preprocess', 'network', 'estimator', 'publish',
+PARTS = ('transport', 'queue', 'decode', 'preprocess', 'network', 'estimator', 'tf', 'publish',
          'total')
+ODOM_RATE_HZ = 50.0
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,7 @@ class BenchConfig:
     warmup: int = 3
     sizes: tuple[tuple[int, int], ...] = ((640, 480), (320, 240))
     devices: tuple[str, ...] = ('cpu',)
+    tf_modes: tuple[str, ...] = ('map_to_camera', 'map_to_odom')
     threads: int = 0
 
 
@@ -74,15 +82,43 @@ def _frames(model: Path, size: tuple[int, int], count: int):
     return out
 
 
-def run(config: BenchConfig, device: str, size: tuple[int, int]) -> dict[str, np.ndarray]:
-    """Per-frame part timings (ms) for one device and input size."""
+def _odometry(client, stop: threading.Event) -> None:
+    """A robot: static base_link -> camera, odom -> base_link at ODOM_RATE_HZ (wall stamps)."""
+    from builtin_interfaces.msg import Time
+    from tf2_msgs.msg import TFMessage
+
+    from dsac_ros.ros.tf_broadcaster import TF_QOS, TF_STATIC_QOS
+
+    tf_pub = client.create_publisher(TFMessage, '/tf', TF_QOS)
+    static_pub = client.create_publisher(TFMessage, '/tf_static', TF_STATIC_QOS)
+    T_base_camera = np.eye(4)
+    T_base_camera[:3, :3] = [[0, 0, 1], [-1, 0, 0], [0, -1, 0]]
+    T_base_camera[:3, 3] = [0.25, 0.0, 0.3]
+
+    def stamped(T, ns, parent, child):
+        stamp = Time()
+        messages.ns_to_stamp(ns, stamp)
+        return messages.transform_stamped(T, stamp, parent, child)
+
+    static_pub.publish(TFMessage(transforms=[stamped(T_base_camera, 0, 'base_link', 'camera')]))
+    while not stop.wait(1.0 / ODOM_RATE_HZ):
+        T = np.eye(4)
+        T[0, 3] = (0.1 * time.monotonic()) % 1.0
+        tf_pub.publish(TFMessage(transforms=[stamped(T, time.time_ns(), 'odom', 'base_link')]))
+
+
+def run(config: BenchConfig, device: str, size: tuple[int, int], tf_mode: str = 'map_to_camera'
+        ) -> dict[str, np.ndarray]:
+    """Per-frame part timings (ms) for one device, input size and tf_mode."""
     frames = _frames(config.model_path, size, config.frames)
     context = rclpy.Context()
     rclpy.init(context=context)
     overrides = [rclpy.parameter.Parameter(k, value=v) for k, v in {
         'model_path': str(config.model_path), 'device': device, 'num_threads': config.threads,
         'input_reliability': 'reliable', 'image_topic': '/bench/image',
-        'camera_info_topic': '/bench/camera_info', 'min_inliers': 0}.items()]
+        'camera_info_topic': '/bench/camera_info', 'min_inliers': 0, 'tf_mode': tf_mode,
+        'base_frame': 'base_link' if tf_mode == 'map_to_odom' else '',
+        'tf_timeout_s': 0.2}.items()]
     node = RelocalizeNode(context=context, parameter_overrides=overrides)
     client = rclpy.create_node('bench_camera', context=context)
     qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
@@ -93,6 +129,12 @@ def run(config: BenchConfig, device: str, size: tuple[int, int]) -> dict[str, np
     executor.add_node(client)
     spinner = threading.Thread(target=executor.spin, daemon=True)
     spinner.start()
+    stop = threading.Event()
+    robot = None
+    if tf_mode == 'map_to_odom':
+        robot = threading.Thread(target=_odometry, args=(client, stop), daemon=True)
+        robot.start()
+        time.sleep(0.5)  # the static extrinsic and the first odometry arrive
     rows = []
     try:
         deadline = time.monotonic() + 10.0
@@ -115,8 +157,14 @@ def run(config: BenchConfig, device: str, size: tuple[int, int]) -> dict[str, np
             c = node.counters()
             if i >= config.warmup:
                 rows.append([c[f'{part}_ms'] for part in PARTS[:-1]] + [c['latency_ms']])
-        poses = node.counters()['poses_published']
+        counters = node.counters()
+        poses = counters['poses_published']
+        if tf_mode == 'map_to_odom' and counters['map_to_odom_sent'] == 0:
+            raise RuntimeError(f'no map -> odom: {counters}')
     finally:
+        stop.set()
+        if robot is not None:
+            robot.join(5.0)
         executor.shutdown()
         spinner.join(5.0)
         node.destroy_node()
@@ -163,21 +211,29 @@ def main(argv: list[str] | None = None) -> int:
     print(f'model: {model}{note}')
     print(f'torch threads: {torch.get_num_threads() if not a.threads else a.threads}, '
           f'frames per row: {config.frames} (+{config.warmup} warm-up), median [p90] ms')
-    header = f'{"device":6} {"input":>8} ' + ' '.join(f'{p:>14}' for p in PARTS) + '  poses'
+    header = (f'{"device":6} {"input":>8} {"tf_mode":>13} ' + ' '.join(f'{p:>14}' for p in PARTS)
+              + '  poses')
     print(header)
     print('-' * len(header))
     totals = {}
     for device in config.devices:
         for size in config.sizes:
-            r = run(config, device, size)
-            cells = ' '.join(f'{np.median(r[p]):7.1f} [{np.percentile(r[p], 90):5.1f}]'
-                             for p in PARTS)
-            print(f'{device:6} {size[0]:>4}x{size[1]:<3} {cells}  {int(r["poses"][0])}',
-                  flush=True)
-            totals[(device, size)] = float(np.median(r['total']))
+            for tf_mode in config.tf_modes:
+                r = run(config, device, size, tf_mode)
+                cells = ' '.join(f'{np.median(r[p]):7.1f} [{np.percentile(r[p], 90):5.1f}]'
+                                 for p in PARTS)
+                print(f'{device:6} {size[0]:>4}x{size[1]:<3} {tf_mode:>13} {cells}  '
+                      f'{int(r["poses"][0])}', flush=True)
+                totals[(device, size, tf_mode)] = float(np.median(r['total']))
     for device in config.devices:
-        big, small = totals[(device, (640, 480))], totals[(device, (320, 240))]
+        big = totals[(device, (640, 480), config.tf_modes[0])]
+        small = totals[(device, (320, 240), config.tf_modes[0])]
         print(f'{device}: total at 640x480 / 320x240 = {big / small:.2f}x')
+        for size in config.sizes:
+            robot = totals[(device, size, 'map_to_odom')]
+            camera = totals[(device, size, 'map_to_camera')]
+            print(f'{device} {size[0]}x{size[1]}: total with TF lookups (map_to_odom) / camera '
+                  f'alone = {robot / camera:.2f}x')
     if tmp is not None:
         tmp.cleanup()
     return 0

@@ -101,3 +101,20 @@ def test_history_and_buffer_refuse_bad_input() -> None:
     _set(tree, 'b', 'a', 0.0, np.eye(4), static=True)  # re-parenting makes a cycle
     with pytest.raises(ConnectivityError, match='cycle'):
         tree.lookup('a', 'b', 0)
+
+
+def test_no_extrapolation_inside_the_tolerance_when_asked() -> None:
+    """The node's rule (tf2's): interpolate between any bracketing samples, never hold the
+    last sample past its stamp; static edges hold at all times."""
+    tree = TfBuffer()
+    for t_s in (1.0, 2.0):
+        _set(tree, 'odom', 'base', t_s, _T([10 * t_s, 0, 0], [t_s, 0, 0]))
+    _set(tree, 'base', 'cam', 0.0, _T([0, 0, 0], [0, 0, 1]), static=True)
+    big = int(10e9)
+    np.testing.assert_allclose(tree.lookup('odom', 'cam', int(1.5e9), big, extrapolate=False),
+                               _T([15, 0, 0], [1.5, 0, 0]) @ _T([0, 0, 0], [0, 0, 1]),
+                               atol=1e-12)
+    assert tree.can_transform('odom', 'base', int(2.1e9), big)
+    assert not tree.can_transform('odom', 'base', int(2.1e9), big, extrapolate=False)
+    with pytest.raises(ExtrapolationError, match='after the last'):
+        tree.lookup('odom', 'base', int(2.1e9), big, extrapolate=False)

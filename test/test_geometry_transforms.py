@@ -330,3 +330,32 @@ def test_numpy_intrinsics_check_and_scaling():
                        ('K', 'numbers')):
         with pytest.raises(ValueError, match=match):
             as_intrinsics_np(bad, 'K_33')
+
+
+def test_moved_pose_covariance_matches_sampled_rigid_motion():
+    """Camera covariance in the map -> the base's (a lever arm of 0.3 m): perturb the camera
+    pose (position + rotation about the map axes), carry the base along, compare covariances."""
+    from dsac_ros.geometry.transforms import (
+        inflate_pose_covariance_np,
+        move_pose_covariance_np,
+    )
+
+    rng = np.random.default_rng(4)
+    A = rng.normal(size=(6, 6)) * 1e-2
+    cov_cam = A @ A.T + np.diag([1e-5] * 6)
+    T_map_cam = pose_to_matrix_np([1.0, 2.0, 0.5], [0.2, -0.4, 0.1, 0.9])
+    T_cam_base = pose_to_matrix_np([0.1, 0.25, -0.12], [0.5, -0.5, 0.5, 0.5])
+    T_map_base = T_map_cam @ T_cam_base
+    samples = rng.multivariate_normal(np.zeros(6), cov_cam, size=20000)
+    R_cam = Rotation.from_rotvec(samples[:, 3:]) * Rotation.from_matrix(T_map_cam[:3, :3])
+    p_base = T_map_cam[:3, 3] + samples[:, :3] + R_cam.apply(T_cam_base[:3, 3])
+    R_base = R_cam * Rotation.from_matrix(T_cam_base[:3, :3])
+    d_rot = (R_base * Rotation.from_matrix(T_map_base[:3, :3]).inv()).as_rotvec()
+    moved = np.concatenate([p_base - T_map_base[:3, 3], d_rot], axis=1)
+    expected = move_pose_covariance_np(cov_cam, T_map_base[:3, 3] - T_map_cam[:3, 3])
+    np.testing.assert_allclose(np.cov(np.asarray(moved).T), expected, atol=0.05 * expected.max())
+    np.testing.assert_allclose(move_pose_covariance_np(cov_cam, np.zeros(3)), cov_cam)
+    inflated = inflate_pose_covariance_np(cov_cam, 2.0, 0.01, 0.02)
+    np.testing.assert_allclose(np.diag(inflated) - 2 * np.diag(cov_cam), [1e-4] * 3 + [4e-4] * 3)
+    with pytest.raises(ValueError, match='scale'):
+        inflate_pose_covariance_np(cov_cam, 0.0)

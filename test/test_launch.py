@@ -66,18 +66,25 @@ def test_launch_file_declares_the_standard_arguments():
 
     declared = {c.args[0].value for c in calls if name(c) == 'DeclareLaunchArgument'}
     assert declared == {'params_file', 'model_path', 'image_topic', 'camera_info_topic',
-                        'depth_topic'}
+                        'depth_topic', 'tf_mode', 'base_frame', 'odom_frame', 'use_sim_time',
+                        'lifecycle'}
     nodes = [c for c in calls if name(c) == 'Node']
     keywords = {k.arg: k.value for k in nodes[0].keywords}
     assert keywords['package'].value == 'dsac_ros'
-    assert keywords['executable'].value == 'relocalize_node'
+    executable = keywords['executable']  # relocalize_lifecycle_node with lifecycle:=true
+    assert {executable.body.value, executable.orelse.value} == {'relocalize_node',
+                                                                 'relocalize_lifecycle_node'}
+    assert keywords['name'].value == 'relocalize_node'
     # Topic arguments set the node's parameters (a remap of one fixed name would silently do
     # nothing once the YAML or compressed_input changes the topic).
     assert 'parameters' in keywords and 'remappings' not in keywords
     overrides = next(n for n in ast.walk(tree) if isinstance(n, ast.Assign)
                      and getattr(n.targets[0], 'id', '') == 'OVERRIDES')
-    assert {e.value for e in overrides.value.elts} == {'model_path', 'image_topic',
-                                                       'camera_info_topic', 'depth_topic'}
+    assert {e.value for e in overrides.value.elts} == {
+        'model_path', 'image_topic', 'camera_info_topic', 'depth_topic', 'tf_mode', 'base_frame',
+        'odom_frame'}
+    from dsac_ros.ros.parameters import PARAMETER_SPECS
+    assert {e.value for e in overrides.value.elts} <= set(PARAMETER_SPECS)
     assert "get_package_share_directory('dsac_ros')" in LAUNCH_FILE.read_text()
 
 

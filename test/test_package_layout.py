@@ -11,8 +11,9 @@ import xml.etree.ElementTree as ET
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-CONSOLE_SCRIPTS = ('relocalize_node', 'dsac_train', 'dsac_evaluate', 'dsac_extract_bag',
-                   'dsac_make_scene', 'dsac_demo')
+CONSOLE_SCRIPTS = ('relocalize_node', 'relocalize_lifecycle_node', 'dsac_train',
+                   'dsac_evaluate', 'dsac_extract_bag', 'dsac_make_scene', 'dsac_demo',
+                   'dsac_replay')
 
 
 def test_package_xml_declares_ament_python_and_ros_dependencies():
@@ -21,7 +22,8 @@ def test_package_xml_declares_ament_python_and_ros_dependencies():
     assert root.findtext('name') == 'dsac_ros'
     assert root.find('export/build_type').text == 'ament_python'
     exec_depends = {e.text for e in root.findall('exec_depend')}
-    assert {'rclpy', 'sensor_msgs', 'geometry_msgs', 'std_msgs', 'tf2_msgs'} <= exec_depends
+    assert {'rclpy', 'sensor_msgs', 'geometry_msgs', 'std_msgs', 'tf2_msgs', 'std_srvs',
+            'lifecycle_msgs'} <= exec_depends
     assert {'python3-torch', 'python3-numpy', 'python3-opencv', 'python3-scipy'} <= exec_depends
     assert 'python3-pytest' in {e.text for e in root.findall('test_depend')}
 
@@ -79,7 +81,8 @@ LAYERS = {
     'cli': {'device', 'dsac', 'models', 'data', 'relocalizer', 'evaluation', 'training', 'demo'},
 }
 ROS_MODULES = {'rclpy', 'rcl_interfaces', 'sensor_msgs', 'geometry_msgs', 'std_msgs',
-               'diagnostic_msgs', 'tf2_msgs', 'builtin_interfaces', 'launch', 'launch_ros'}
+               'diagnostic_msgs', 'tf2_msgs', 'builtin_interfaces', 'launch', 'launch_ros',
+               'std_srvs', 'lifecycle_msgs', 'rosgraph_msgs', 'tf2_ros'}
 
 
 def _imports(path: Path) -> set[str]:

@@ -29,7 +29,7 @@ from tf2_msgs.msg import TFMessage
 from dsac_ros.demo.player import load_frames
 from dsac_ros.demo.processes import RosProcesses, module_command, node_command, wait_for
 from dsac_ros.demo.trajectory import load_json, summarize_recording
-from dsac_ros.geometry.transforms import pose_errors_np
+from dsac_ros.geometry.transforms import inflate_pose_covariance_np, pose_errors_np
 from dsac_ros.ros import messages
 from dsac_ros.ros.node import default_model_path
 from dsac_ros.ros.tf_broadcaster import TF_QOS
@@ -79,8 +79,10 @@ def make_tiny_checkpoint(path: Path) -> Path:
     return save_checkpoint(path, net, None, torch.tensor(scene.K), (scene.height, scene.width))
 
 
+# A camera alone (no robot TF): map -> <camera>_dsac on /tf, no base pose.
 NODE_TEST_PARAMS = {'num_threads': 1, 'input_reliability': 'reliable',
-                    'diagnostics_period_s': 0.2, 'num_hypotheses': 64}
+                    'diagnostics_period_s': 0.2, 'num_hypotheses': 64,
+                    'tf_mode': 'map_to_camera', 'base_frame': ''}
 
 
 _DOMAINS = iter(random.Random().sample(range(101, 233), 132))
@@ -164,12 +166,33 @@ class RosClient:
         d = self.last_diag()
         return float(d.get('frames_processed', 0)) + float(d.get('frames_rejected', 0))
 
+    def settled(self, received: float = 0.0) -> bool:
+        """The node has received more than ``received`` frames and finished with every one
+        (localized, rejected, replaced, or without camera_info), per /diagnostics."""
+        d = self.last_diag()
+        got = float(d.get('frames_received', 0))
+        done = sum(float(d.get(k, 0)) for k in (
+            'frames_processed', 'frames_rejected', 'frames_dropped', 'frames_unmatched',
+            'frames_failed', 'frames_not_requested'))
+        return got > received and done == got
+
+    def settled_diag(self, timeout_s: float = 30.0) -> dict[str, str]:
+        """A /diagnostics report sent after the node finished with every frame it got (two
+        reports after this call, so not a late one from before)."""
+        with self.lock:
+            seen = len(self.diagnostics)
+        assert wait_for(lambda: len(self.diagnostics) >= seen + 2
+                        and self.settled(-1.0), timeout_s), self.last_diag()
+        return self.last_diag()
+
     def publish_and_wait(self, image, info, timeout_s: float = 30.0) -> int:
         """Publishes one frame and waits until the node has finished with it (so the next
-        frame cannot replace it, whatever the machine's load); returns its stamp."""
-        before = self.handled()
+        frame cannot replace it, whatever the machine's load); returns its stamp. The count
+        before comes from a settled report (`settled_diag`), so that a late report of an
+        earlier frame cannot pass for this one."""
+        received = float(self.settled_diag(timeout_s)['frames_received'])
         stamp = self.publish(image, info)
-        assert wait_for(lambda: self.handled() > before, timeout_s), self.last_diag()
+        assert wait_for(lambda: self.settled(received), timeout_s), self.last_diag()
         return stamp
 
     def close(self) -> None:
@@ -328,8 +351,9 @@ def test_bad_messages_do_not_stop_the_node(running_node, frames):
     frame = frames[0]
     height, width = frame.image_rgb.shape[:2]
     good_image, good_info = _good(frame)
-    rejected_before = client.counter('frames_rejected')
-    processed_before = client.counter('frames_processed')
+    settled = client.settled_diag()  # the previous test's last frames are done and counted
+    rejected_before = float(settled['frames_rejected'])
+    processed_before = float(settled['frames_processed'])
 
     yuv = messages.rgb_to_image_msg(frame.image_rgb, 'camera_optical')
     yuv.encoding = 'yuv422'
@@ -422,13 +446,16 @@ class _KnownPoseRelocalizer:
 
 def test_published_messages_carry_the_relocalizer_pose(ros_env, frames):
     from dsac_ros.ros.node import RelocalizeNode
+    from dsac_ros.ros.parameters import NodeSettings
 
+    defaults = NodeSettings()
     env = own_domain(ros_env)
     client = RosClient(env)
     reloc = _KnownPoseRelocalizer(inliers=120)
     node = RelocalizeNode(relocalizer=reloc, context=client.context, parameter_overrides=[
         Parameter('input_reliability', value='reliable'),
-        Parameter('diagnostics_period_s', value=0.2), Parameter('min_inliers', value=100)])
+        Parameter('diagnostics_period_s', value=0.2), Parameter('min_inliers', value=100),
+        Parameter('tf_mode', value='map_to_camera'), Parameter('covariance_scale', value=2.0)])
     client.executor.add_node(node)
     try:
         assert wait_for(lambda: client.image_pub.get_subscription_count() > 0, 10.0)
@@ -437,7 +464,9 @@ def test_published_messages_carry_the_relocalizer_pose(ros_env, frames):
         pose, pose_cov, tf = client.poses[0], client.poses_cov[0], client.tf[0].transforms[0]
         for header in (pose.header, pose_cov.header, tf.header):
             assert messages.stamp_to_ns(header.stamp) == stamp and header.frame_id == 'map'
-        assert tf.child_frame_id == 'camera_optical'  # camera_frame empty: image frame_id
+        # camera_frame empty: the image frame_id; the TF child is a frame of the node's own.
+        assert tf.child_frame_id == 'camera_optical_dsac'
+
         np.testing.assert_allclose(messages.pose_msg_to_matrix(pose.pose), reloc.T_wc,
                                    atol=1e-12)
         np.testing.assert_allclose(messages.pose_msg_to_matrix(pose_cov.pose.pose), reloc.T_wc,
@@ -445,8 +474,12 @@ def test_published_messages_carry_the_relocalizer_pose(ros_env, frames):
         np.testing.assert_allclose(messages.transform_msg_to_matrix(tf.transform), reloc.T_wc,
                                    atol=1e-12)
         np.testing.assert_allclose(np.reshape(pose_cov.pose.covariance, (6, 6)),
-                                   messages.covariance_to_ros(reloc.covariance, reloc.T_wc))
+                                   inflate_pose_covariance_np(
+                                       messages.covariance_to_ros(reloc.covariance, reloc.T_wc),
+                                       2.0, defaults.covariance_floor_m,
+                                       defaults.covariance_floor_rad))
         # The node's parameters reach the relocalizer; below min_inliers: processed, no pose.
+        assert defaults.covariance_floor_m > 0
         assert reloc.estimator_config.min_inliers_for_pose == 100
         assert reloc.estimator_config.inlier_threshold_px == 5.0
         reloc.inliers = 99
@@ -483,7 +516,7 @@ def test_pose_tf_and_covariance_agree(running_node, frames):
         assert pose.header.frame_id == 'map'
         T_pose = messages.pose_msg_to_matrix(pose.pose)
         tf = tfs[stamp]
-        assert (tf.header.frame_id, tf.child_frame_id) == ('map', 'camera_optical')
+        assert (tf.header.frame_id, tf.child_frame_id) == ('map', 'camera_optical_dsac')
         np.testing.assert_allclose(messages.transform_msg_to_matrix(tf.transform), T_pose,
                                    atol=1e-9)
         cov_msg = covs[stamp]
@@ -532,8 +565,9 @@ def test_player_node_recorder_pipeline(played):
     # Reliable input on loopback; a frame can only be lost in the node's DDS history (keep last
     # 5) when its executor stalls for 5 frames on a loaded machine.
     assert SCENE_FRAMES - 2 <= received <= SCENE_FRAMES, diag
-    # Every received frame was either processed or replaced by a newer one before processing.
-    assert processed + dropped == received, diag
+    # Every received frame was either processed or replaced by a newer one before processing
+    # (each image found its camera_info by stamp).
+    assert processed + dropped == received and int(diag['frames_unmatched']) == 0, diag
     assert processed > 0 and int(diag['frames_rejected']) == 0
     assert int(diag['poses_published']) == len(recorded['poses'])
     assert all(p['frame_id'] == 'map' for p in recorded['poses'])

@@ -64,13 +64,16 @@ def test_transform_stamped_round_trip():
     np.testing.assert_allclose(messages.transform_msg_to_matrix(msg.transform), T, atol=1e-12)
 
 
-def _se3_exp(xi: np.ndarray) -> np.ndarray:
-    """First principles exp of a twist (rho, phi) via the 4x4 matrix exponential."""
+def _se3_exp(xi_n6: np.ndarray) -> np.ndarray:
+    """First principles exp of twists (rho, phi) (N, 6) via the 4x4 matrix exponential
+    (N, 4, 4), batched."""
     from scipy.linalg import expm
-    A = np.zeros((4, 4))
-    rho, phi = xi[:3], xi[3:]
-    A[:3, :3] = np.array([[0, -phi[2], phi[1]], [phi[2], 0, -phi[0]], [-phi[1], phi[0], 0]])
-    A[:3, 3] = rho
+    xi = np.atleast_2d(xi_n6)
+    A = np.zeros((len(xi), 4, 4))
+    p0, p1, p2 = xi[:, 3:].T
+    A[:, 0, 1], A[:, 0, 2], A[:, 1, 2] = -p2, p1, -p0
+    A[:, 1, 0], A[:, 2, 0], A[:, 2, 1] = p2, -p1, p0
+    A[:, :3, 3] = xi[:, :3]
     return expm(A)
 
 
@@ -82,12 +85,10 @@ def test_covariance_to_ros_matches_sampled_poses():
     L = rng.normal(size=(6, 6)) * np.array([0.02, 0.02, 0.02, 0.01, 0.01, 0.01])[:, None]
     cov = L @ L.T + np.eye(6) * 1e-6
     samples = rng.multivariate_normal(np.zeros(6), cov, size=20000)
-    pos, rot = [], []
-    for xi in samples:
-        T = T_wc @ _se3_exp(xi)  # estimator: T_wc_true = T_wc_est @ exp(xi^)
-        pos.append(T[:3, 3] - T_wc[:3, 3])
-        # fixed-axis (left) perturbation in the map frame: R = exp([dtheta]x) R_wc
-        rot.append(Rotation.from_matrix(T[:3, :3] @ T_wc[:3, :3].T).as_rotvec())
+    T = T_wc @ _se3_exp(samples)  # estimator: T_wc_true = T_wc_est @ exp(xi^)
+    pos = T[:, :3, 3] - T_wc[:3, 3]
+    # fixed-axis (left) perturbation in the map frame: R = exp([dtheta]x) R_wc
+    rot = Rotation.from_matrix(T[:, :3, :3] @ T_wc[:3, :3].T).as_rotvec()
     empirical = np.cov(np.concatenate([pos, rot], axis=1).T)
     mapped = messages.covariance_to_ros(cov, T_wc)
     scale = np.sqrt(np.outer(np.diag(mapped), np.diag(mapped)))
@@ -238,35 +239,6 @@ def test_depth_message_round_trip(encoding):
     assert np.isnan(back[~valid]).all()
     with pytest.raises(ValueError, match='one channel'):
         messages.depth_msg_to_m(messages.rgb_to_image_msg(np.zeros((4, 4, 3), np.uint8)))
-
-
-def test_stamp_matcher_exact_nearest_bounded_and_waiting():
-    from dsac_ros.ros.stamp_match import StampMatcher
-
-    matcher: StampMatcher[str] = StampMatcher(capacity=3)
-    for stamp in (100, 200, 300, 400):
-        matcher.add(stamp, f'm{stamp}')
-    assert len(matcher) == 3  # 100 went first
-    assert matcher.match(300) == 'm300' and matcher.match(310) is None
-    assert matcher.match(310, tolerance_ns=20) == 'm300'
-    assert matcher.match(345, tolerance_ns=60) == 'm300'  # nearest of 300 and 400
-    assert matcher.match(100, tolerance_ns=50) is None
-    matcher.add(300, 'again')
-    assert matcher.match(300) == 'again' and len(matcher) == 3
-    # a message later than stamp + tolerance is there: no match can come, no wait
-    assert matcher.match(250, tolerance_ns=10, timeout_s=30.0) is None
-    got = []
-    waiter = threading.Thread(target=lambda: got.append(matcher.match(1000, 5, 30.0)))
-    waiter.start()
-    time.sleep(0.05)
-    matcher.add(1003, 'late')
-    waiter.join(10.0)
-    assert got == ['late']
-    waiter = threading.Thread(target=lambda: got.append(matcher.match(2000, 5, 30.0)))
-    waiter.start()
-    matcher.close()
-    waiter.join(10.0)
-    assert got == ['late', None]
 
 
 class _DepthRelocalizer:

@@ -1,8 +1,9 @@
 """A 7-Scenes-layout scene -> a bag (rosbag2 mcap / sqlite3, ROS 1), for tests and demos.
 
-:func:`write_scene_bag` writes images, camera info, depth, a pose topic and /tf + /tf_static (a
-drifting map -> odom, odom -> camera_link, a static camera_link -> optical frame), the reverse
-of :func:`dsac_ros.data.bag_extraction.extract_bag`.
+:func:`write_scene_bag` writes images, camera info, depth, a pose topic and /tf + /tf_static, the
+reverse of :func:`dsac_ros.data.bag_extraction.extract_bag`. The TF tree is a robot's (REP-105):
+``map -> odom`` (ground truth of the odometry drift, optional), ``odom -> base_link`` (odometry
+that drifts away from the map), static ``base_link -> camera_link -> optical frame``.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class SceneBagTopics:
     pose: str = '/camera/pose'
     world_frame: str = 'map'
     odom_frame: str = 'odom'
+    base_frame: str = 'base_link'
     body_frame: str = 'camera_link'
     camera_frame: str = 'camera_color_optical_frame'
 
@@ -50,6 +52,16 @@ class SceneBagTopics:
 T_LINK_OPTICAL = np.array([[0.0, 0.0, 1.0, 0.0], [-1.0, 0.0, 0.0, 0.0], [0.0, -1.0, 0.0, 0.0],
                            [0.0, 0.0, 0.0, 1.0]])
 T_LINK_OPTICAL[:3, 3] = [0.02, -0.015, 0.0]  # a small lever arm so the static part matters
+
+
+# base_link (x forward, z up) -> camera_link: 0.25 m forward, 0.3 m up, pitched 10 deg down.
+_PITCH = math.radians(10.0)
+T_BASE_LINK = np.array([[math.cos(_PITCH), 0.0, math.sin(_PITCH), 0.25],
+                        [0.0, 1.0, 0.0, -0.04],
+                        [-math.sin(_PITCH), 0.0, math.cos(_PITCH), 0.30],
+                        [0.0, 0.0, 0.0, 1.0]])
+T_BASE_OPTICAL = T_BASE_LINK @ T_LINK_OPTICAL
+"""base_link -> camera optical frame (the robot's camera extrinsic), not the identity."""
 
 
 def map_to_odom(t_s: float) -> np.ndarray:
@@ -68,19 +80,22 @@ def write_scene_bag(scene_root: str | Path, bag_path: str | Path,
                     topics: SceneBagTopics = SceneBagTopics(), rate_hz: float = 10.0,
                     start_time_s: float = 1_700_000_000.0, compressed: str | None = None,
                     write_depth: bool = True, depth_encoding: str = '16UC1',
-                    max_frames: int | None = None) -> int:
+                    max_frames: int | None = None, write_map_to_odom: bool = True) -> int:
     """Write a 7-Scenes-layout scene (one split) as a bag; returns the number of frames.
 
     Per frame i at stamp ``start_time_s + i / rate_hz`` (header and log time): Image rgb8 (or
     CompressedImage when ``compressed`` is 'jpeg' / 'png'), CameraInfo (K, no distortion),
     depth (when the scene has depth and ``write_depth``) as ``depth_encoding`` '16UC1'
     (millimetres, 0 invalid) or '32FC1' (metres, NaN invalid), PoseStamped T_wc in
-    ``world_frame``, and /tf with map -> odom (:func:`map_to_odom`) and odom -> camera_link
-    such that map -> camera_link -> optical equals T_wc; /tf_static holds camera_link ->
+    ``world_frame``, and /tf with map -> odom (:func:`map_to_odom`, the drift) and odom ->
+    base_link (odometry) such that map -> odom -> base_link -> camera_link -> optical equals
+    T_wc; /tf_static holds base_link -> camera_link (:data:`T_BASE_LINK`) and camera_link ->
     optical (:data:`T_LINK_OPTICAL`) once, first.
 
     Args:
         fmt: 'mcap' or 'sqlite3' (rosbag2, a folder) or 'ros1' (a .bag file).
+        write_map_to_odom: False leaves map -> odom out (a robot's recording, for a localizer
+            that publishes it itself: replay it with dsac_replay).
     """
     from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
@@ -141,8 +156,9 @@ def write_scene_bag(scene_root: str | Path, bag_path: str | Path,
             writer.write(conns[key], int(round(t_s * 1e9)), serialize(msg, msgtype))
 
         t0 = start_time_s
-        static = types[TF_TYPE](transforms=[transform_stamped(
-            t0, topics.body_frame, topics.camera_frame, T_LINK_OPTICAL)])
+        static = types[TF_TYPE](transforms=[
+            transform_stamped(t0, topics.base_frame, topics.body_frame, T_BASE_LINK),
+            transform_stamped(t0, topics.body_frame, topics.camera_frame, T_LINK_OPTICAL)])
         write('tf_static', t0, static, TF_TYPE)
         for i in range(n):
             frame = dataset[i]
@@ -184,11 +200,14 @@ def write_scene_bag(scene_root: str | Path, bag_path: str | Path,
                     orientation=types['geometry_msgs/msg/Quaternion'](*q.tolist())))
             write('pose', t_s, pose, 'geometry_msgs/msg/PoseStamped')
             T_map_odom = map_to_odom(t_s - t0)
-            T_odom_link = (np.linalg.inv(T_map_odom) @ frame.T_wc
-                           @ np.linalg.inv(T_LINK_OPTICAL))
-            tf = types[TF_TYPE](transforms=[
-                transform_stamped(t_s, topics.world_frame, topics.odom_frame, T_map_odom),
-                transform_stamped(t_s, topics.odom_frame, topics.body_frame, T_odom_link)])
+            T_odom_base = (np.linalg.inv(T_map_odom) @ frame.T_wc
+                           @ np.linalg.inv(T_BASE_OPTICAL))
+            transforms = [transform_stamped(t_s, topics.odom_frame, topics.base_frame,
+                                            T_odom_base)]
+            if write_map_to_odom:
+                transforms.insert(0, transform_stamped(t_s, topics.world_frame,
+                                                       topics.odom_frame, T_map_odom))
+            tf = types[TF_TYPE](transforms=transforms)
             write('tf', t_s, tf, TF_TYPE)
     LOGGER.info('wrote %d frames of %s to %s (%s)', n, scene_root, bag_path, fmt.value)
     return n
@@ -201,4 +220,5 @@ def _image_msg(types: Any, header: Any, pixels: np.ndarray, encoding: str) -> An
     return types['sensor_msgs/msg/Image'](header=header, **fields)
 
 
-__all__ = ['BagFormat', 'SceneBagTopics', 'T_LINK_OPTICAL', 'map_to_odom', 'write_scene_bag']
+__all__ = ['BagFormat', 'SceneBagTopics', 'T_BASE_LINK', 'T_BASE_OPTICAL', 'T_LINK_OPTICAL',
+           'map_to_odom', 'write_scene_bag']

@@ -31,6 +31,7 @@ from sensor_msgs.msg import CameraInfo, Image
 
 from dsac_ros.data.atomic import write_json_atomic
 from dsac_ros.data.seven_scenes import SceneDataset
+from dsac_ros.demo.program import run_program
 from dsac_ros.geometry.camera import scale_intrinsics_np
 from dsac_ros.ros.messages import (
     depth_to_image_msg,
@@ -240,16 +241,11 @@ def parse_args(argv: list[str] | None = None) -> PlayerConfig:
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
-    rclpy.init()
-    try:
-        play(config)
-    except (KeyboardInterrupt, ValueError, OSError) as exc:
-        if not isinstance(exc, KeyboardInterrupt):
-            print(f'dsac_player: {exc}', file=sys.stderr)
-            return 2
-    finally:
-        rclpy.try_shutdown()
-    return 0
+
+    def body() -> None:
+        play(config)  # logs its own summary
+
+    return run_program('dsac_player', body)
 
 
 if __name__ == '__main__':

@@ -59,6 +59,8 @@ def node_command(params_file: str | Path | None = None,
     for name, value in (parameters or {}).items():
         if isinstance(value, bool):
             value = 'true' if value else 'false'
+        elif value == '':
+            value = "''"  # the YAML empty string: rcl refuses a bare `name:=`
         ros_args += ['-p', f'{name}:={value}']
     cmd = module_command('dsac_ros.ros.node')
     return cmd + (['--ros-args', *ros_args] if ros_args else [])

@@ -176,10 +176,11 @@ def run_demo(config: DemoConfig) -> DemoResult:
             recorder = procs.start('recorder', module_command(
                 'dsac_ros.demo.pose_recorder', str(poses_path), '--ready-file', str(ready),
                 '--node', NODE_NAME))
+            # The demo camera is not on a robot: no base frame, map -> <camera>_dsac on /tf.
             common = {'model_path': str(model.resolve()), 'device': config.device,
                       'num_threads': config.num_threads, 'input_reliability': 'reliable',
                       'inlier_threshold_px': float(config.inlier_threshold_px),
-                      'scoring': config.scoring}
+                      'scoring': config.scoring, 'base_frame': '', 'tf_mode': 'map_to_camera'}
             node = procs.start('node', node_command(package_config_file(), common))
             waiting, player_args = [(recorder, ready)], []
             if config.depth:
@@ -193,7 +194,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
                 rgbd_node = procs.start('node_rgbd', node_command(None, {
                     **common, 'depth_topic': DEPTH_TOPIC, 'pose_topic': RGBD_POSE_TOPIC,
                     'pose_with_covariance_topic': f'{RGBD_POSE_TOPIC}_with_covariance',
-                    'publish_tf': False}, node_name=RGBD_NODE_NAME))
+                    'tf_mode': 'none'}, node_name=RGBD_NODE_NAME))
                 player_args = ['--depth-topic', DEPTH_TOPIC, '--depth-noise',
                                str(config.depth_noise), '--wait-subscribers', '2']
             for rec, ready_file in waiting:

@@ -78,6 +78,8 @@ def scene_to_dict(result: SceneResult) -> dict[str, Any]:
             'mode': sel.mode.value,
             'depth_fallbacks': sel.depth_fallbacks,
             'summary': sel.summary.to_dict(),
+            'covariance_calibration': (sel.calibration.to_dict()
+                                       if sel.calibration is not None else None),
             'estimator_ms_mean': float(np.mean(sel.estimator_ms_n)) if sel.valid_n.size else None,
             'frames': [
                 {'name': name, 'valid': bool(v), 'rotation_deg': r, 'translation_m': t,
@@ -293,6 +295,11 @@ def format_table(results: Sequence[SceneResult]) -> str:
                            'more)', header] + rows(
                 lambda s: _fmt_median(s['median_translation_m'], s['median_rotation_deg'])))
     blocks.extend(_coverage_blocks(results, width, col, modes))
+    blocks.append(['Covariance calibration: median NEES (5.35 when calibrated) / % below the '
+                   "chi-square 95% bound / scale to calibrate (the node's covariance_scale)",
+                   header] + [r.scene.ljust(width) + ''.join(
+                       _fmt_calibration(r.selections[m].calibration if m in r.selections
+                                        else None).rjust(col) for m in modes) for r in results])
     timing = ['Mean per-frame timings (ms)',
               'Scene'.ljust(width) + 'network'.rjust(col) + ''.join(
                   f'est. {_label(m)}'.rjust(col) for m in modes) + 'device'.rjust(col)]
@@ -302,6 +309,13 @@ def format_table(results: Sequence[SceneResult]) -> str:
             for m in modes) + r.device.rjust(col))
     blocks.append(timing)
     return '\n\n'.join('\n'.join(b) for b in blocks)
+
+
+def _fmt_calibration(calibration) -> str:
+    if calibration is None or not calibration.frames:
+        return '-'
+    return (f'{calibration.nees_median:.3g} / {calibration.within_95_pct:.0f}% / '
+            f'x{calibration.scale:.2g}')
 
 
 def _fmt_view(summary: dict, distance: str, angle: str) -> str:

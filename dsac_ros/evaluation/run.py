@@ -22,6 +22,7 @@ import numpy as np
 from dsac_ros.data.seven_scenes import SceneDataset
 from dsac_ros.data.view_coverage import CoverageConfig, SceneCoverage, scene_coverage
 from dsac_ros.dsac import EstimatorConfig, PoseMode, Scoring, Selection
+from dsac_ros.evaluation.calibration import CovarianceCalibration, covariance_calibration
 from dsac_ros.evaluation.metrics import ErrorSummary, frame_errors, summarize
 from dsac_ros.relocalizer import NetworkPrecision, Relocalizer, RelocalizerConfig
 
@@ -90,6 +91,8 @@ class SelectionResult:
     translation = camera-centre distance. inlier_ratio_n: (N,). estimator_ms_n: (N,) ms.
     mode: RGB or RGB-D. depth_fallbacks: RGB-D frames localized with RGB instead (no depth
     file, or too few cells with valid depth).
+    covariance_n66: (N, 6, 6) the estimator's covariances (camera-frame twist, translation
+    first); calibration: their NEES statistics on this split (`evaluation.calibration`).
     """
 
     selection: Selection
@@ -102,6 +105,8 @@ class SelectionResult:
     summary: ErrorSummary
     mode: PoseMode = PoseMode.RGB
     depth_fallbacks: int = 0
+    covariance_n66: np.ndarray | None = None
+    calibration: CovarianceCalibration | None = None
 
 
 @dataclass(frozen=True)
@@ -226,6 +231,7 @@ def evaluate(checkpoint: str | os.PathLike | Relocalizer, scene_root: str | os.P
     ratio = {r: np.zeros(n) for r in runs}
     est_ms = {r: np.zeros(n) for r in runs}
     fallbacks = dict.fromkeys(runs, 0)
+    cov = {r: np.zeros((n, 6, 6)) for r in runs}
     seed = relocalizer.estimator_config.seed
 
     def predict(frame, k: int):
@@ -260,6 +266,7 @@ def evaluate(checkpoint: str | os.PathLike | Relocalizer, scene_root: str | os.P
             valid[run][k] = loc.valid
             ratio[run][k] = loc.inlier_ratio
             est_ms[run][k] = loc.timings['estimator']
+            cov[run][k] = loc.covariance
             fallbacks[run] += mode is PoseMode.RGBD and loc.mode is not PoseMode.RGBD
 
     scoring = (Scoring.SCORE_NET if getattr(relocalizer, 'uses_score_net', False)
@@ -276,9 +283,13 @@ def evaluate(checkpoint: str | os.PathLike | Relocalizer, scene_root: str | os.P
             selection=selection, T_wc_n44=T_est[run], valid_n=valid[run],
             rotation_deg_n=deg, translation_m_n=m, inlier_ratio_n=ratio[run],
             estimator_ms_n=est_ms[run], summary=summarize(deg, m, valid[run]), mode=mode,
-            depth_fallbacks=fallbacks[run])
-        LOGGER.info('%s %s: %.1f%% within 5cm/5deg', Path(scene_root).name, key,
-                    results[key].summary.within_pct['5cm_5deg'])
+            depth_fallbacks=fallbacks[run], covariance_n66=cov[run],
+            calibration=covariance_calibration(T_est[run], T_gt, cov[run], valid[run]))
+        calibration = results[key].calibration
+        LOGGER.info('%s %s: %.1f%% within 5cm/5deg; covariance NEES median %.2f (calibrated: '
+                    '5.35), %.0f%% within the 95%% bound, scale %.3g', Path(scene_root).name,
+                    key, results[key].summary.within_pct['5cm_5deg'], calibration.nees_median,
+                    calibration.within_95_pct, calibration.scale)
         if fallbacks[run]:
             LOGGER.warning('%s %s: %d of %d frames without usable depth, localized with RGB',
                            Path(scene_root).name, key, fallbacks[run], n)

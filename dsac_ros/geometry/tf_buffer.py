@@ -13,8 +13,9 @@ Shared by the bag extractor (``/tf`` and ``/tf_static`` of a recording, all kept
 
 Time: stamps are integer nanoseconds. A dynamic edge at a stamp is interpolated (slerp for the
 rotation, linear for the translation) between the two samples that bracket the stamp when both
-lie within ``tolerance_ns`` of it; otherwise the nearest sample within the tolerance is used;
-otherwise the lookup raises `ExtrapolationError`, naming the edge and the samples it has.
+lie within ``tolerance_ns`` of it; otherwise the nearest sample within the tolerance is used
+(with ``extrapolate=False``, as tf2 does, only inside the samples' time span); otherwise the
+lookup raises `ExtrapolationError`, naming the edge and the samples it has.
 """
 
 from __future__ import annotations
@@ -84,13 +85,16 @@ class TransformHistory:
             if drop:
                 del self._stamps[:drop], self._t[:drop], self._q[:drop]
 
-    def at(self, stamp_ns: int, tolerance_ns: int = 0) -> np.ndarray:
+    def at(self, stamp_ns: int, tolerance_ns: int = 0, extrapolate: bool = True) -> np.ndarray:
         """(4, 4) transform at ``stamp_ns``.
 
         Raises:
-            ExtrapolationError: no sample within ``tolerance_ns`` of the stamp.
+            ExtrapolationError: no sample within ``tolerance_ns`` of the stamp, or (with
+                ``extrapolate`` False) a stamp outside the samples' span.
         """
         stamps = self._stamps
+        if not extrapolate and (not stamps or not stamps[0] <= stamp_ns <= stamps[-1]):
+            raise ExtrapolationError(self._gap_message(stamp_ns, tolerance_ns))
         i = bisect_left(stamps, stamp_ns)
         if i < len(stamps) and stamps[i] == stamp_ns:
             return pose_to_matrix_np(self._t[i], self._q[i])
@@ -187,9 +191,10 @@ class TfBuffer:
         """Raise ConnectivityError unless both frames are known and in one tree."""
         self._chains(self._name(target), self._name(source))
 
-    def lookup(self, target: str, source: str, stamp_ns: int, tolerance_ns: int = 0
-               ) -> np.ndarray:
-        """(4, 4) float64 ``T_target_source`` (source coordinates -> target) at ``stamp_ns``.
+    def lookup(self, target: str, source: str, stamp_ns: int, tolerance_ns: int = 0,
+               extrapolate: bool = True) -> np.ndarray:
+        """(4, 4) float64 ``T_target_source`` (source coordinates -> target) at ``stamp_ns``;
+        ``extrapolate`` False refuses stamps outside a dynamic edge's samples (tf2's rule).
 
         Raises:
             ConnectivityError: an unknown frame, or the frames are not connected.
@@ -205,7 +210,7 @@ class TfBuffer:
             for child in chain[:chain.index(common)]:
                 edge = self._static.get(child)
                 if edge is None:
-                    edge = self._dynamic[child].at(stamp_ns, tolerance_ns)
+                    edge = self._dynamic[child].at(stamp_ns, tolerance_ns, extrapolate)
                 T = edge @ T
             return T
 
@@ -213,10 +218,10 @@ class TfBuffer:
         return np.linalg.inv(T_common_target) @ T_common_source
 
     def can_transform(self, target: str, source: str, stamp_ns: int,
-                      tolerance_ns: int = 0) -> bool:
+                      tolerance_ns: int = 0, extrapolate: bool = True) -> bool:
         """Whether `lookup` would succeed."""
         try:
-            self.lookup(target, source, stamp_ns, tolerance_ns)
+            self.lookup(target, source, stamp_ns, tolerance_ns, extrapolate)
         except TransformLookupError:
             return False
         return True

@@ -389,3 +389,36 @@ def rotate_twist_covariance_np(covariance_66, R_33) -> np.ndarray:
     J[3:, 3:] = R
     out = J @ np.asarray(covariance_66, dtype=np.float64) @ J.T
     return 0.5 * (out + out.T)
+
+
+def move_pose_covariance_np(covariance_66, lever_arm_3) -> np.ndarray:
+    """Covariance (6, 6) of the pose of frame A -> that of a frame B rigidly attached to A.
+
+    Both in ROS ``PoseWithCovariance`` form: (position x, y, z; rotation about the parent's
+    x, y, z axes), all in the parent frame (e.g. map), translation first. ``lever_arm_3`` is
+    the vector from A's origin to B's origin in the parent frame, ``p_B - p_A = R_pA t_AB``.
+    To first order a perturbation (dp, dtheta) of A moves B's origin by
+    ``dp + dtheta x r = dp - [r]x dtheta`` and rotates B by the same dtheta, so
+    ``cov_B = J cov_A J^T`` with ``J = [[I, -[r]x], [0, I]]`` (symmetrised). E.g. the camera's
+    covariance in the map -> the robot base's (`rotate_twist_covariance_np` first brings the
+    estimator's camera-frame covariance into this form).
+    """
+    r = np.asarray(lever_arm_3, dtype=np.float64).reshape(3)
+    J = np.eye(6)
+    J[:3, 3:] = -np.array([[0.0, -r[2], r[1]], [r[2], 0.0, -r[0]], [-r[1], r[0], 0.0]])
+    out = J @ np.asarray(covariance_66, dtype=np.float64) @ J.T
+    return 0.5 * (out + out.T)
+
+
+def inflate_pose_covariance_np(covariance_66, scale: float = 1.0, floor_std_m: float = 0.0,
+                               floor_std_rad: float = 0.0) -> np.ndarray:
+    """``scale * covariance + diag(floor_std_m^2 (x3), floor_std_rad^2 (x3))`` for a (6, 6)
+    pose covariance, translation first (either form above: an isotropic floor is the same in
+    every frame). Calibrates an estimator's covariance (``scale`` from the normalised
+    estimation error squared on a test split) and keeps it from claiming more certainty than
+    the map allows (the floors, standard deviations in metres and radians)."""
+    if not (scale > 0 and floor_std_m >= 0 and floor_std_rad >= 0):
+        raise ValueError(f'need scale > 0 and floors >= 0, got {scale}, {floor_std_m}, '
+                         f'{floor_std_rad}')
+    floor = np.array([floor_std_m] * 3 + [floor_std_rad] * 3) ** 2
+    return scale * np.asarray(covariance_66, dtype=np.float64) + np.diag(floor)

@@ -31,21 +31,12 @@ from dsac_ros.geometry.transforms import (
     pose_to_matrix_np,
     rotate_twist_covariance_np,
 )
+from dsac_ros.ros.stamps import ns_to_stamp, stamp_to_ns
 
-# ---------------------------------------------------------------------------------------------
-# Time stamps
-
-
-def stamp_to_ns(stamp) -> int:
-    """builtin_interfaces/Time -> integer nanoseconds."""
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
-
-
-def ns_to_stamp(ns: int, stamp) -> None:
-    """Writes integer nanoseconds into a builtin_interfaces/Time in place."""
-    stamp.sec = int(ns // 1_000_000_000)
-    stamp.nanosec = int(ns % 1_000_000_000)
-
+__all__ = ['camera_info_to_intrinsics', 'covariance_to_ros', 'diagnostic_array',
+           'diagnostic_values', 'image_msg_to_rgb', 'intrinsics_to_camera_info', 'ns_to_stamp',
+           'pose_msg_to_matrix', 'pose_stamped', 'pose_with_covariance_stamped',
+           'rgb_to_image_msg', 'stamp_to_ns', 'transform_msg_to_matrix', 'transform_stamped']
 
 # ---------------------------------------------------------------------------------------------
 # Images

@@ -8,17 +8,32 @@ and are validated by the node's on-set callback (an invalid value is refused wit
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from enum import Enum
 import re
 from typing import Any
 
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rcl_interfaces.msg import (
+    FloatingPointRange,
+    IntegerRange,
+    ParameterDescriptor,
+    SetParametersResult,
+)
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 
 from dsac_ros.device import Device
 from dsac_ros.dsac.config import EstimatorConfig, Selection
 from dsac_ros.dsac.settings import Scoring
+
+
+class TfMode(str, Enum):
+    """What the node broadcasts on /tf."""
+
+    MAP_TO_ODOM = 'map_to_odom'  # REP-105: map -> odom, as AMCL (the robot's TF tree intact)
+    MAP_TO_CAMERA = 'map_to_camera'  # map -> <camera>_dsac, a frame of the node's own
+    NONE = 'none'
 
 
 class Reliability(str, Enum):
@@ -98,10 +113,87 @@ class NodeSettings:
         'geometry_msgs/PoseWithCovarianceStamped output (covariance in ROS order, map_frame).',
         read_only=True)
     map_frame: str = _parameter(
-        'map', 'Frame of the scene model: frame_id of the pose and TF parent.')
+        'map', 'Frame of the scene model: frame_id of the poses, parent of the TF it sends.')
     camera_frame: str = _parameter(
-        '', 'TF child frame (optical frame, OpenCV axes); empty: the image header frame_id.')
-    publish_tf: bool = _parameter(True, 'Broadcast map_frame -> camera_frame on /tf.')
+        '', 'Optical frame of the camera in the TF tree (OpenCV axes), looked up against '
+        'base_frame; empty: the image header frame_id.')
+    base_frame: str = _parameter(
+        'base_link', 'Robot base frame: its pose goes to base_pose_topic and /initialpose; '
+        'empty: a camera without a robot (no base pose; tf_mode map_to_odom not allowed).')
+    odom_frame: str = _parameter('odom', 'Odometry frame (REP-105), child of map_frame on /tf '
+                                         'in tf_mode map_to_odom.')
+    tf_mode: str = _parameter(
+        TfMode.MAP_TO_ODOM.value,
+        "/tf output: 'map_to_odom' (map -> odom from the pose and odom -> base at the image "
+        "stamp, as AMCL), 'map_to_camera' (map -> tf_camera_frame, a frame of the node's "
+        "own) or 'none'.", choices=TfMode)
+    tf_camera_frame: str = _parameter(
+        '', "Child frame of tf_mode map_to_camera, never a frame another node publishes; "
+        "empty: '<camera frame>_dsac'.")
+    transform_tolerance_s: float = _parameter(
+        0.5, 'map -> odom is stamped this far in the future (as AMCL), seconds.',
+        min_value=0.0, max_value=10.0)
+    tf_publish_rate_hz: float = _parameter(
+        10.0, 'Republish the last map -> odom at this rate so TF never goes stale between '
+        'poses; 0: only on new poses.', min_value=0.0, max_value=200.0)
+    tf_timeout_s: float = _parameter(
+        0.1, 'Longest wait for odom -> base / base -> camera to reach the image stamp, seconds.',
+        min_value=0.0, max_value=5.0)
+    tf_cache_time_s: float = _parameter(
+        10.0, 'History of the TF buffer, seconds.', read_only=True, min_value=1.0,
+        max_value=600.0)
+    base_pose_topic: str = _parameter(
+        '/dsac_pose', 'geometry_msgs/PoseWithCovarianceStamped output: the base_frame pose in '
+        'map_frame (covariance carried from the camera).', read_only=True)
+    initialpose_topic: str = _parameter(
+        '/initialpose', 'PoseWithCovarianceStamped of the base for AMCL: sent after a '
+        '~/relocalize request, and once per relocalization with publish_initialpose.',
+        read_only=True)
+    publish_initialpose: bool = _parameter(
+        False, 'Also send initialpose_topic on the first pose after start-up or after being '
+        'lost (lost_timeout_s); never every frame.')
+    lost_timeout_s: float = _parameter(
+        5.0, 'Without an accepted pose for this long (image stamps) the robot counts as lost: '
+        'the jump gate opens and the next pose is a relocalization.', min_value=0.1,
+        max_value=86400.0)
+    # The estimator's covariance assumes independent cells; neighbouring scene coordinates err
+    # together, so it is overconfident: x68 calibrates the demo model's (NEES on its test split,
+    # docs/BENCHMARKS.md); x50 with the floors gives 97 % of frames inside chi-square's 95 %.
+    covariance_scale: float = _parameter(
+        50.0, "Factor on the estimator's covariance (calibrate a model with dsac_evaluate: it "
+        "prints the NEES and the scale).", min_value=1e-3, max_value=1e6)
+    covariance_floor_m: float = _parameter(
+        0.005, 'Standard deviation added to each position axis of the published covariance, '
+        'm.', min_value=0.0, max_value=100.0)
+    covariance_floor_rad: float = _parameter(
+        0.002, 'Standard deviation added to each rotation axis of the published covariance, '
+        'rad.', min_value=0.0, max_value=3.2)
+    max_jump_m: float = _parameter(
+        1.0, 'A pose farther than this from the last accepted one (map -> odom when odometry '
+        'is there, else the camera pose) with fewer than jump_min_inliers inliers is gated '
+        '(not published, counted); 0: no gate.', min_value=0.0, max_value=1e4)
+    max_jump_deg: float = _parameter(
+        30.0, 'Rotation limit of the jump gate, degrees.', min_value=0.0, max_value=180.0)
+    jump_min_inliers: int = _parameter(
+        300, 'Poses with at least this many inliers pass the jump gate.', min_value=0,
+        max_value=100000)
+    continuous: bool = _parameter(
+        True, 'Localize every frame; false: only on ~/relocalize requests (std_srvs/Trigger).')
+    relocalize_frames: int = _parameter(
+        3, 'Frames localized per ~/relocalize request; the one with most inliers is taken.',
+        min_value=1, max_value=100)
+    relocalize_timeout_s: float = _parameter(
+        5.0, 'A ~/relocalize request fails when its frames have not arrived by then, seconds.',
+        min_value=0.1, max_value=600.0)
+    sync_tolerance_s: float = _parameter(
+        0.01, 'Image and camera_info pair by stamp: exact, else the nearest within this, '
+        'seconds.', read_only=True, min_value=0.0, max_value=1.0)
+    sync_queue_size: int = _parameter(
+        10, 'Messages per stream waiting for their pair.', read_only=True, min_value=1,
+        max_value=1000)
+    stale_timeout_s: float = _parameter(
+        3.0, 'Diagnostics go STALE when no image arrived for this long (wall time), seconds.',
+        min_value=0.1, max_value=3600.0)
     scoring: str = _parameter(
         Scoring.AUTO.value,
         "Hypothesis scores: 'auto' (what the checkpoint records: its Score CNN when validated "
@@ -141,6 +233,9 @@ class NodeSettings:
                 raise ValueError(reason)
             if isinstance(f.default, float):
                 object.__setattr__(self, f.name, float(value))
+        reason = _check_frames(self)
+        if reason is not None:
+            raise ValueError(reason)
 
     def estimator_config(self, base: EstimatorConfig | None = None) -> EstimatorConfig:
         """The estimator settings these parameters make (the other fields, and the inlier
@@ -166,6 +261,25 @@ ESTIMATOR_PARAMETERS = ('selection', 'num_hypotheses', 'inlier_threshold_px',
 _DEFAULTS = {f.name: f.default for f in fields(NodeSettings)}
 
 _FRAME_RE = re.compile(r'^[A-Za-z0-9_][A-Za-z0-9_./-]*$')
+_REQUIRED_FRAMES = ('map_frame', 'odom_frame')
+
+
+def _check_frames(settings: NodeSettings) -> str | None:
+    """Why the frames do not fit together, or None (the checks that span parameters)."""
+    s = settings
+    if s.tf_mode == TfMode.MAP_TO_ODOM.value:
+        if not s.base_frame:
+            return ("tf_mode 'map_to_odom' needs a base_frame (the odom -> base lookup); "
+                    "set base_frame, or tf_mode 'map_to_camera' / 'none' for a camera alone")
+        names = {'map_frame': s.map_frame, 'odom_frame': s.odom_frame,
+                 'base_frame': s.base_frame}
+        if len(set(names.values())) < 3:
+            return f'map_frame, odom_frame and base_frame must differ, got {names}'
+    if s.tf_camera_frame and s.tf_camera_frame in (s.camera_frame, s.base_frame, s.odom_frame,
+                                                   s.map_frame):
+        return (f'tf_camera_frame={s.tf_camera_frame!r} must be a frame of its own (a second '
+                'parent for a frame of the TF tree breaks the tree)')
+    return None
 
 
 def validate(name: str, value: Any) -> str | None:
@@ -195,10 +309,10 @@ def validate(name: str, value: Any) -> str | None:
         return f'{name}={value!r} is not one of {list(spec.choices)}'
     if name == 'inlier_threshold_px' and 0 < value < 0.5:
         return f"{name}={value!r}: 0 (the checkpoint's) or at least 0.5 px"
-    if name == 'map_frame' and not _FRAME_RE.match(value):
-        return f'map_frame={value!r} is not a valid frame id (non-empty, no leading /)'
-    if name == 'camera_frame' and value and not _FRAME_RE.match(value):
-        return f'camera_frame={value!r} is not a valid frame id (no leading /)'
+    if name.endswith('_frame') and (value or name in _REQUIRED_FRAMES):
+        if not _FRAME_RE.match(value):
+            empty = ', non-empty' if name in _REQUIRED_FRAMES else ''
+            return f'{name}={value!r} is not a valid frame id (no leading /{empty})'
     if name.endswith('_topic') and not value and name != 'depth_topic':
         return f'{name} must not be empty'
     return None
@@ -253,3 +367,42 @@ def current_settings(node: Node, overrides: dict[str, Any] | None = None) -> Nod
     values = {name: node.get_parameter(name).value for name in PARAMETER_SPECS}
     values.update({k: v for k, v in (overrides or {}).items() if k in PARAMETER_SPECS})
     return NodeSettings(**values)
+
+
+def add_parameter_callbacks(node: Node,
+                            on_change: Callable[[NodeSettings, set[str]], None]) -> None:
+    """Validates every set on ``node`` (an invalid value is refused with the reason; rclpy
+    itself refuses read-only ones) and hands the new settings and the names set to
+    ``on_change``."""
+
+    def on_set(params: list[Parameter]) -> SetParametersResult:
+        try:
+            current_settings(node, {p.name: p.value for p in params})
+        except ValueError as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
+        return SetParametersResult(successful=True)
+
+    def after_set(params: list[Parameter]) -> None:
+        on_change(current_settings(node), {p.name for p in params})
+        node.get_logger().info(
+            'parameters set: ' + ', '.join(f'{p.name}={p.value!r}' for p in params))
+
+    node.add_on_set_parameters_callback(on_set)
+    node.add_post_set_parameters_callback(after_set)
+
+
+def describe_parameters() -> str:
+    """One line per parameter: name, type, default, range or choices, read-only, meaning (the
+    node's --help)."""
+    lines = []
+    for f in fields(NodeSettings):
+        spec = PARAMETER_SPECS[f.name]
+        limits = ''
+        if spec.choices:
+            limits = ' one of ' + '|'.join(spec.choices)
+        elif spec.min_value is not None:
+            limits = f' in [{spec.min_value:g}, {spec.max_value:g}]'
+        fixed = ', read-only' if spec.read_only else ''
+        lines.append(f'  {f.name} ({type(f.default).__name__}, default {f.default!r}{limits}'
+                     f'{fixed})\n      {spec.description}')
+    return '\n'.join(lines)

@@ -79,19 +79,26 @@ class DepthFallback(str, Enum):
 
 @dataclass
 class ReceivedFrame:
-    """An image message as the subscription stored it.
+    """An image message with its CameraInfo (and depth image), paired by stamp
+    (`dsac_ros.ros.sync`).
 
     Attributes:
         msg: sensor_msgs Image or CompressedImage.
-        camera_info: the newest CameraInfo message at receive time, or None.
-        received_monotonic: time.monotonic() in the subscription callback, seconds.
-        received_wall_ns: time.time_ns() in the callback (compared with header stamps).
+        camera_info: the CameraInfo of the image's stamp (or the nearest within the sync
+            tolerance), or None when the camera never sent one.
+        received_monotonic: time.monotonic() in the image callback, seconds.
+        received_clock_ns: the node's clock in the image callback, nanoseconds: ROS time, i.e.
+            /clock under use_sim_time (0 before the first /clock), so that it compares with
+            header stamps.
+        depth: RGB-D: the depth Image of the image's stamp (nearest within
+            depth_stamp_tolerance_s), None when none came within depth_wait_s.
     """
 
     msg: Any
     camera_info: Any | None
     received_monotonic: float
-    received_wall_ns: int
+    received_clock_ns: int
+    depth: Any | None = None
 
 
 @dataclass

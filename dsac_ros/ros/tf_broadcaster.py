@@ -24,6 +24,15 @@ TF_QOS = QoSProfile(
 )
 """QoS of tf2_ros's dynamic broadcaster and listener (/tf)."""
 
+TF_STATIC_QOS = QoSProfile(
+    depth=100,
+    history=HistoryPolicy.KEEP_LAST,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.TRANSIENT_LOCAL,
+)
+"""QoS of tf2_ros's static listener (/tf_static: reliable, transient local, so transforms sent
+before a listener started reach it)."""
+
 
 class TransformBroadcaster:
     """Sends dynamic transforms on /tf for a node (the node owns the publisher's lifetime).
@@ -35,9 +44,9 @@ class TransformBroadcaster:
     """
 
     def __init__(self, node: Node, qos: QoSProfile | None = None, topic: str = TF_TOPIC) -> None:
-        self._publisher = node.create_publisher(TFMessage, topic, qos or TF_QOS)
+        self.publisher = node.create_publisher(TFMessage, topic, qos or TF_QOS)
 
     def send_transform(self, transform: TransformStamped | Iterable[TransformStamped]) -> None:
         """Publishes one transform or several in one TFMessage."""
         transforms = [transform] if isinstance(transform, TransformStamped) else list(transform)
-        self._publisher.publish(TFMessage(transforms=transforms))
+        self.publisher.publish(TFMessage(transforms=transforms))
