@@ -10,11 +10,13 @@ from dataclasses import dataclass
 import logging
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from torch import Tensor
 
 from dsac_ros.data.seven_scenes import SceneDataset, scene_coordinates_from_depth
+from dsac_ros.geometry.camera import scale_intrinsics_np
 
 _LOG = logging.getLogger(__name__)
 
@@ -29,6 +31,10 @@ class TrainingSet:
     T_cw_b44: (N, 4, 4) float64 world-to-camera poses.
     K_33: (3, 3) float64 colour intrinsics (pixels) of the (H, W) images.
     names: frame names.
+    depth_bhw: (N, H, W) float32 depth (metres, NaN invalid) on the colour pixel grid, for
+        augmentation with exact targets; None without depth.
+    K_depth_33: (3, 3) float64 intrinsics to back-project ``depth_bhw`` with (the colour K when
+        depth is registered to colour); None without depth.
     """
 
     images_b3hw: Tensor
@@ -36,6 +42,8 @@ class TrainingSet:
     T_cw_b44: Tensor
     K_33: Tensor
     names: list[str]
+    depth_bhw: Tensor | None = None
+    K_depth_33: Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.images_b3hw.shape[0])
@@ -85,8 +93,8 @@ def load_training_set(root: str | Path, split: str = 'train', stride: int = 8,
         indices = np.linspace(0, n - 1, max_frames).round().astype(int).tolist()
     else:
         indices = list(range(n))
-    images, coords, poses, names = [], [], [], []
-    K = None
+    images, coords, depths, poses, names = [], [], [], [], []
+    K = K_depth = None
     have_depth = use_depth
     for i in indices:
         frame = dataset[i]
@@ -104,9 +112,10 @@ def load_training_set(root: str | Path, split: str = 'train', stride: int = 8,
         poses.append(torch.from_numpy(np.linalg.inv(T_wc)))
         names.append(frame.name)
         if have_depth and frame.depth_m is not None:  # depth registered to colour
-            K_depth = frame.K_depth if frame.K_depth is not None else frame.K
-            coords_3hw = scene_coordinates_from_depth(frame.depth_m, K_depth, T_wc, stride)
+            depth_m, K_depth = _on_colour_grid(frame.depth_m, frame.K_depth, frame.K, size)
+            coords_3hw = scene_coordinates_from_depth(depth_m, K_depth, T_wc, stride)
             coords.append(torch.from_numpy(coords_3hw))
+            depths.append(torch.from_numpy(np.asarray(depth_m, np.float32)))
         else:
             have_depth = False
     if not have_depth and use_depth:
@@ -117,4 +126,20 @@ def load_training_set(root: str | Path, split: str = 'train', stride: int = 8,
         T_cw_b44=torch.stack(poses),
         K_33=torch.from_numpy(K),
         names=names,
+        depth_bhw=torch.stack(depths) if have_depth else None,
+        K_depth_33=torch.from_numpy(np.asarray(K_depth, np.float64)) if have_depth else None,
     )
+
+
+def _on_colour_grid(depth_m: np.ndarray, K_depth: np.ndarray | None, K: np.ndarray,
+                    size_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Depth (H, W) on the colour image's pixel grid (nearest-neighbour resize when the depth
+    image has another size, K_depth scaled to match) and its intrinsics."""
+    K_depth = np.asarray(K if K_depth is None else K_depth, np.float64)
+    height, width = size_hw
+    if depth_m.shape == (height, width):
+        return depth_m, K_depth
+    sx, sy = width / depth_m.shape[1], height / depth_m.shape[0]
+    resized = cv2.resize(np.asarray(depth_m, np.float32), (width, height),
+                         interpolation=cv2.INTER_NEAREST)
+    return resized, scale_intrinsics_np(K_depth, sx, sy)

@@ -399,18 +399,10 @@ def save_state(session: Session, stage: Stage | None, step: int, elapsed_s: floa
 # Batches
 
 
-def batch_images(session: Session, idx: Tensor, jitter: bool, generator: torch.Generator,
-            brightness: float = 0.0, contrast: float = 0.0) -> Tensor:
-    """(B, 3, H, W) float images in [0, 1] on the device, optionally with per-image photometric
-    jitter x * (1 +- contrast) +- brightness (uniform draws, clamped to [0, 1])."""
-    runtime = session.runtime
-    images = session.data.images_b3hw[idx].to(runtime.device, non_blocking=True).float() / 255.0
-    if jitter and (brightness > 0 or contrast > 0):
-        B = images.shape[0]
-        u = torch.rand(B, 2, generator=generator).to(runtime.device)
-        gain = (1.0 + contrast * (2.0 * u[:, 0] - 1.0)).view(B, 1, 1, 1)
-        offset = (brightness * (2.0 * u[:, 1] - 1.0)).view(B, 1, 1, 1)
-        images = (images * gain + offset).clamp_(0.0, 1.0)
+def batch_images(session: Session, idx: Tensor) -> Tensor:
+    """(B, 3, H, W) float images in [0, 1] of frames ``idx`` on the device, as recorded."""
+    images = session.data.images_b3hw[idx].to(session.runtime.device, non_blocking=True)
+    images = images.float() / 255.0
     if session.config.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     return images

@@ -10,17 +10,15 @@ import logging
 import math
 from typing import Any, Callable
 
-import cv2
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from dsac_ros.data.augment import AugmentConfig, adjusted_camera, photometric, sample_params
 from dsac_ros.dsac import DsacEstimator, EstimatorConfig, Scoring, expected_pose_loss
 from dsac_ros.geometry.camera import cell_centers
 from dsac_ros.geometry.scoring import reprojection_errors
-from dsac_ros.geometry.transforms import invert_se3, pose_errors
+from dsac_ros.geometry.transforms import pose_errors
 from dsac_ros.models.score_net import ScoreNet, ScoreNetConfig
+from dsac_ros.training.augmentation import augment_batch
 from dsac_ros.training.config import COORD_GRAD_UNIT_M, Stage
 from dsac_ros.training.data import TrainingSet, load_training_set
 from dsac_ros.training.losses import (
@@ -57,8 +55,7 @@ def train_coords(session: Session) -> None:
     model = wrap_ddp(net, runtime)
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr.lr, weight_decay=cfg.weight_decay)
     generator = stage_generator(session, Stage.COORDS)
-    has_depth = data.coords_b3hw is not None
-    K = data.K_33.to(runtime.device, torch.float32)
+    has_depth = data.depth_bhw is not None
     # fp16 autocast (older GPUs) needs loss scaling against gradient underflow; bf16 does not.
     scaler = torch.amp.GradScaler(runtime.device.type,
                                   enabled=runtime.amp_dtype == torch.float16)
@@ -69,22 +66,27 @@ def train_coords(session: Session) -> None:
 
     def step_fn(step: int) -> dict[str, float]:
         idx = draw_frames(session, cfg.batch_size, generator)
-        images = batch_images(session, idx, True, generator, cfg.brightness, cfg.contrast)
+        batch = augment_batch(data.images_b3hw[idx], data.T_cw_b44[idx], data.K_33, generator,
+                              cfg.augmentation, data.depth_bhw[idx] if has_depth else None,
+                              data.K_depth_33, net.stride)
+        images = batch.images_b3hw.to(runtime.device, non_blocking=True)
+        if session.config.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         with runtime.autocast():
             pred = model(images)
         pred = pred.float()
         if has_depth:
-            target = data.coords_b3hw[idx].to(runtime.device, non_blocking=True)
+            target = batch.coords_b3hw.to(runtime.device, non_blocking=True)
             loss = coordinate_loss(pred, target)
             with torch.no_grad():
                 dist_m = (pred - target).norm(dim=1)
                 aux = float(dist_m[torch.isfinite(dist_m)].median()) \
                     if torch.isfinite(dist_m).any() else math.nan
         else:
-            T = data.T_cw_b44[idx].to(runtime.device)
-            loss, err = reprojection_init_loss(pred, T, K, clamp_px=cfg.reprojection_clamp_px,
-                                               min_depth_m=cfg.min_depth_m,
-                                               depth_prior_m=cfg.depth_prior_m)
+            loss, err = reprojection_init_loss(
+                pred, batch.T_cw_b44.to(runtime.device), batch.K_b33.to(runtime.device),
+                clamp_px=cfg.reprojection_clamp_px, min_depth_m=cfg.min_depth_m,
+                depth_prior_m=cfg.depth_prior_m)
             aux = float(err.median())
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -300,28 +302,15 @@ def end_to_end_loss(coord_net: nn.Module, score_net: ScoreNet | None,
 def augmented_batch(session: Session, idx: Tensor, generator: torch.Generator
                     ) -> tuple[Tensor, Tensor, Tensor]:
     """Images (B, 3, H, W) in [0, 1] (device), K (B, 3, 3) and T_cw (B, 4, 4) (float64, CPU)
-    of frames ``idx``, each rotated in-plane and zoomed with camera and pose to match and
-    jittered in brightness / contrast (`dsac_ros.data.augment`, default ranges)."""
-    data, config = session.data, AugmentConfig()
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-    rng = np.random.default_rng(seed)
-    K = data.K_33.numpy()
-    height, width = data.image_size
-    images, Ks, poses = [], [], []
-    for i in idx.tolist():
-        params = sample_params(rng, config)
-        T_wc = np.linalg.inv(data.T_cw_b44[i].numpy())
-        K_new, T_wc_new, affine = adjusted_camera(K, T_wc, params)
-        image = np.ascontiguousarray(data.images_b3hw[i].permute(1, 2, 0).numpy())
-        image = cv2.warpAffine(image, affine, (width, height), flags=cv2.INTER_LINEAR,
-                               borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
-        images.append(torch.from_numpy(photometric(image, params.contrast, params.brightness)))
-        Ks.append(torch.from_numpy(K_new))
-        poses.append(invert_se3(torch.from_numpy(T_wc_new)))
-    batch = torch.stack(images).permute(0, 3, 1, 2).to(session.runtime.device).float() / 255.0
+    of frames ``idx`` under the stage-1 augmentation (`augmentation.augment_batch`: camera roll
+    and zoom with K and pose to match, photometric changes)."""
+    data = session.data
+    batch = augment_batch(data.images_b3hw[idx], data.T_cw_b44[idx], data.K_33, generator,
+                          session.config.coords.augmentation)
+    images = batch.images_b3hw.to(session.runtime.device)
     if session.config.channels_last:
-        batch = batch.contiguous(memory_format=torch.channels_last)
-    return batch, torch.stack(Ks), torch.stack(poses)
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, batch.K_b33, batch.T_cw_b44
 
 
 def train_e2e(session: Session) -> None:
@@ -372,7 +361,7 @@ def train_e2e(session: Session) -> None:
         if cfg.augment:
             images, K_b33, T_cw = augmented_batch(session, idx, generator)
         else:
-            images, K_b33, T_cw = batch_images(session, idx, False, generator), K, \
+            images, K_b33, T_cw = batch_images(session, idx), K, \
                 data.T_cw_b44[idx]
         depth = data.cell_depths(idx) if cfg.depth else None
         stats: dict[str, float] = {}
