@@ -92,14 +92,14 @@ def test_photometric_draws_stay_in_range_and_repeat(frames):
         AugmentationConfig(min_scale=2.0, max_scale=1.0)
 
 
-def test_stage_one_augments_unless_told_not_to(tmp_path):
-    """dsac_train's stage 1 gets the exact augmentation by default; --no-augment trains on the
-    frames as recorded."""
+def test_stage_one_augments_on_request(tmp_path):
+    """dsac_train's stage 1 jitters exposure only by default; --augment gives it the exact
+    camera augmentation (DSAC*'s ranges)."""
     from dsac_ros.cli.train import build_parser, config_from_args
     base = ['--scene', str(tmp_path), '--out', str(tmp_path / 'out')]
-    default = config_from_args(build_parser().parse_args(base), tmp_path)
-    assert default.coords.augmentation == AugmentationConfig()
-    assert default.coords.augmentation.geometric
-    plain = config_from_args(build_parser().parse_args(base + ['--no-augment']), tmp_path)
-    assert plain.coords.augmentation == AugmentationConfig.none()
+    plain = config_from_args(build_parser().parse_args(base), tmp_path)
+    assert plain.coords.augmentation == AugmentationConfig.exposure_jitter()
     assert not plain.coords.augmentation.geometric
+    augmented = config_from_args(build_parser().parse_args(base + ['--augment']), tmp_path)
+    assert augmented.coords.augmentation == AugmentationConfig()
+    assert augmented.coords.augmentation.geometric

@@ -68,10 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--e2e-lr', type=float,
                    help='end-to-end coordinate learning rate lr0 of lr0 / (1 + 0.1 t), on '
                         "per-millimetre gradients (default: the preset's)")
-    p.add_argument('--augment', action=argparse.BooleanOptionalAction, default=True,
+    p.add_argument('--augment', action='store_true',
                    help='stage 1: camera roll +-30 deg, zoom 2/3..3/2 and photometric '
-                        'augmentation with exact targets (default on; --no-augment: the '
-                        'frames as recorded)')
+                        'augmentation with exact targets (default: exposure jitter only; '
+                        'slower to converge, for long budgets)')
     p.add_argument('--e2e-augment', action=argparse.BooleanOptionalAction, default=None,
                    help='end-to-end: in-plane rotation / zoom / photometric augmentation '
                         "(default: the preset's)")
@@ -147,8 +147,8 @@ def config_from_args(args: argparse.Namespace, scene: Path):
     if args.inlier_threshold_cm is not None:
         e2e = replace(e2e, inlier_threshold_cm=args.inlier_threshold_cm)
     coords = config.coords
-    if not args.augment:
-        coords = replace(coords, augmentation=AugmentationConfig.none())
+    if args.augment:
+        coords = replace(coords, augmentation=AugmentationConfig())
     if args.batch_size:
         coords = replace(coords, batch_size=args.batch_size)
     config = replace(config, e2e=e2e, coords=coords)

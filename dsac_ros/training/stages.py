@@ -302,11 +302,11 @@ def end_to_end_loss(coord_net: nn.Module, score_net: ScoreNet | None,
 def augmented_batch(session: Session, idx: Tensor, generator: torch.Generator
                     ) -> tuple[Tensor, Tensor, Tensor]:
     """Images (B, 3, H, W) in [0, 1] (device), K (B, 3, 3) and T_cw (B, 4, 4) (float64, CPU)
-    of frames ``idx`` under the stage-1 augmentation (`augmentation.augment_batch`: camera roll
+    of frames ``idx`` under stage 3's augmentation (`augmentation.augment_batch`: camera roll
     and zoom with K and pose to match, photometric changes)."""
     data = session.data
     batch = augment_batch(data.images_b3hw[idx], data.T_cw_b44[idx], data.K_33, generator,
-                          session.config.coords.augmentation)
+                          session.config.e2e.augmentation)
     images = batch.images_b3hw.to(session.runtime.device)
     if session.config.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
