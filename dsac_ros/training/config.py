@@ -129,10 +129,10 @@ class CoordStageConfig:
     and exposure / noise changes (`training.augmentation`; ``AugmentationConfig()`` is DSAC*'s
     +-30 deg and 2/3..3/2). The default is exposure jitter only (no camera change, as in the
     paper): within a 30-minute CPU budget the full augmentation slows stage 1 more than it
-    helps. Measured on the revisit_a benchmark room, 24 minutes of
-    stage 1 on a 2-core AVX2 CPU (about 1300 steps of 8 images): held-out coordinate error
-    median 0.32 m (5 % of cells within 10 cm) with it, 0.24 m (11 %) with the default. Turn it on
-    (`dsac_train --augment`) for budgets that reach convergence (GPU, hours).
+    helps. Measured on the revisit_a benchmark room, 24 minutes of stage 1 on a 2-core AVX2 CPU
+    (about 1300 steps of 8 images): held-out coordinate error median 0.32 m (5 % of cells
+    within 10 cm) with it, 0.24 m (11 %) with the default. Turn it on (`dsac_train --augment`)
+    for budgets that reach convergence (GPU, hours).
     """
 
     budget: Budget = Budget(iterations=3000)
