@@ -3,6 +3,7 @@
 import csv
 from dataclasses import replace
 from pathlib import Path
+import shutil
 
 import pytest
 import torch
@@ -35,7 +36,7 @@ from dsac_ros.training.config import (
     preset_config,
     with_budget,
 )
-from dsac_ros.training.data import load_training_set
+from dsac_ros.training.data import load_training_set, validation_split
 from dsac_ros.training.losses import perturb_poses, reprojection_init_loss, score_targets
 from dsac_ros.training.runtime import Runtime
 from dsac_ros.training.stages import end_to_end_loss
@@ -86,6 +87,35 @@ def test_presets_and_budget():
         EndToEndStageConfig(selection='ransac')
 
 
+def test_validation_frames_are_each_sequences_tail():
+    names = ([f'seq-01/frame-{i:06d}' for i in range(30)]
+             + [f'seq-02/frame-{i:06d}' for i in range(5)] + ['seq-03/frame-000000'])
+    train_index, validation = validation_split(names, 0.1)
+    assert validation.tolist() == [27, 28, 29]  # 10 % of 30; none of 5 or of 1
+    assert sorted(train_index.tolist() + validation.tolist()) == list(range(len(names)))
+    assert validation_split(names, 0.0)[1].numel() == 0
+    assert validation_split(names, 0.2)[1].tolist() == [24, 25, 26, 27, 28, 29, 34]
+    assert validation_split(['a', 'b'], 0.99)[1].tolist() == [1]  # one training frame is kept
+    with pytest.raises(ValueError):
+        validation_split(names, 1.0)
+
+
+def test_model_selection_never_reads_the_test_split(tiny_scene: Path, tmp_path: Path):
+    # Without a test split on disk the checks still run, on the training sequences' tails.
+    scene = tmp_path / 'no_test'
+    shutil.copytree(tiny_scene, scene)
+    (scene / 'TestSplit.txt').write_text('sequence99\n')  # names a folder that does not exist
+    config = _config(scene, tmp_path / 'run', stages=(Stage.COORDS, Stage.SCORE),
+                     coords=CoordStageConfig(budget=Budget(iterations=3), batch_size=2),
+                     score=replace(ScoreStageConfig(), budget=Budget(iterations=3),
+                                   batch_size=4))
+    result = train(config)
+    assert 0.0 < result.validation['coords_val_median_m'] < 10.0
+    assert 'scoring_soft_inliers_5cm5deg_pct' in result.validation
+    held = validation_split(load_training_set(scene, 'train').names, 0.1)[1]
+    assert held.numel() == 3  # the tiny scene's 30 training frames: 3 sequences of 10
+
+
 def test_stage1_loss_falls_and_files(tiny_scene: Path, tmp_path: Path):
     # Four frames, so that a few dozen steps show a clear drop (fitting them).
     config = _config(tiny_scene, tmp_path / 'run', stages=(Stage.COORDS,), max_frames=4,
@@ -97,7 +127,7 @@ def test_stage1_loss_falls_and_files(tiny_scene: Path, tmp_path: Path):
     first, last = float(rows[0]['loss']), float(rows[-1]['loss'])
     assert last < 0.75 * first, (first, last)
     assert result.stages_done == ['coords'] and result.steps == {'coords': 60}
-    assert 0.0 < result.validation['coords_test_median_m'] < 10.0
+    assert 'coords_val_median_m' not in result.validation  # 4 frames: none held out
     for name in ('checkpoint.pt', 'model.pt', 'log.csv', 'curves.png'):
         assert (config.out_dir / name).is_file(), name
     model = load_checkpoint(config.out_dir / 'model.pt')

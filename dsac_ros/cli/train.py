@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--no-depth', action='store_true',
                    help='ignore depth: reprojection initialisation from poses only')
     p.add_argument('--max-frames', type=int, help='use at most this many training frames')
+    p.add_argument('--validation-fraction', type=float, default=0.1,
+                   help='hold the last this share of every training sequence out of training, '
+                        'for the held-out checks and the scoring choice (0: none)')
     p.add_argument('--batch-size', type=int, help='stage 1 batch size')
     p.add_argument('--e2e-frames', type=int, help='images per end-to-end step')
     p.add_argument('--hypotheses', type=int, help='hypotheses per image in end-to-end training')
@@ -125,6 +128,7 @@ def config_from_args(args: argparse.Namespace, scene: Path):
     config = preset_config(args.preset, scene, args.out, stages=stages, seed=args.seed,
                            device=args.device, precision=Precision(args.precision),
                            use_depth=not args.no_depth, max_frames=args.max_frames,
+                           validation_fraction=args.validation_fraction,
                            init_checkpoint=args.init, checkpoint_every=args.checkpoint_every,
                            checkpoint_seconds=args.checkpoint_seconds,
                            log_every=args.log_every, threads=args.threads,

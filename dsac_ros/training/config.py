@@ -131,8 +131,9 @@ class CoordStageConfig:
     paper): within a 30-minute CPU budget the full augmentation slows stage 1 more than it
     helps. Measured on the revisit_a benchmark room, 24 minutes of stage 1 on a 2-core AVX2 CPU
     (about 1300 steps of 8 images): held-out coordinate error median 0.32 m (5 % of cells
-    within 10 cm) with it, 0.24 m (11 %) with the default. Turn it on (`dsac_train --augment`)
-    for budgets that reach convergence (GPU, hours).
+    within 10 cm) with it, 0.24 m (11 %) with the default; switched on only for the last 28 of
+    82 minutes it still lost (0.130 m vs 0.094 m; 18 % vs 19 % of poses within 10 cm / 10 deg).
+    Turn it on (`dsac_train --augment`) for budgets that reach convergence (GPU, hours).
     """
 
     budget: Budget = Budget(iterations=3000)
@@ -228,6 +229,10 @@ class TrainConfig:
     Score CNN's input is scaled by and the model is deployed with (stored in the checkpoint);
     None: the paper's 10 px scaled to the image width (5 px at 320). soft_inlier_beta: the soft
     inlier count's sharpness (1/px), likewise stored.
+    validation_fraction: the last this share of every training sequence is held out of
+    training as the validation frames (`data.validation_split`): the held-out coordinate error
+    and the Score CNN vs soft-inlier choice are measured on them, never on the test split.
+    0: no validation frames (the model is then deployed with soft inlier counts).
     """
 
     scene: Path
@@ -246,6 +251,7 @@ class TrainConfig:
     channels_last: bool = True
     use_depth: bool = True
     max_frames: int | None = None
+    validation_fraction: float = 0.1
     init_checkpoint: Path | None = None
     checkpoint_every: int = 500  # steps
     checkpoint_seconds: float = 120.0
@@ -266,6 +272,9 @@ class TrainConfig:
             raise ValueError('checkpoint_every and log_every must be >= 1')
         if self.inlier_threshold_px is not None and not self.inlier_threshold_px > 0:
             raise ValueError(f'inlier_threshold_px must be > 0, got {self.inlier_threshold_px}')
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ValueError(f'validation_fraction must be in [0, 1), got '
+                             f'{self.validation_fraction}')
         if not self.soft_inlier_beta > 0:
             raise ValueError(f'soft_inlier_beta must be > 0, got {self.soft_inlier_beta}')
 

@@ -64,8 +64,22 @@ class TrainingSet:
         """(height, width) in pixels."""
         return int(self.images_b3hw.shape[2]), int(self.images_b3hw.shape[3])
 
-    def scene_mean(self) -> Tensor:
-        """(3,) mean of the valid targets (metres, world); camera centres if no depth."""
+    def subset(self, index: Tensor) -> TrainingSet:
+        """The frames ``index`` (a (n,) long tensor) as a training set of their own."""
+        pick = index.tolist()
+        return TrainingSet(
+            images_b3hw=self.images_b3hw[index],
+            coords_b3hw=None if self.coords_b3hw is None else self.coords_b3hw[index],
+            T_cw_b44=self.T_cw_b44[index], K_33=self.K_33,
+            names=[self.names[i] for i in pick],
+            depth_bhw=None if self.depth_bhw is None else self.depth_bhw[index],
+            K_depth_33=self.K_depth_33)
+
+    def scene_mean(self, index: Tensor | None = None) -> Tensor:
+        """(3,) mean of the valid targets (metres, world) of frames ``index`` (default: all);
+        camera centres if no depth."""
+        if index is not None:
+            return self.subset(index).scene_mean()
         if self.coords_b3hw is not None:
             pts = self.coords_b3hw.permute(0, 2, 3, 1).reshape(-1, 3)
             pts = pts[torch.isfinite(pts).all(dim=1)]
@@ -75,6 +89,32 @@ class TrainingSet:
         # No depth: a point 2 m in front of each camera is a rough centre of what is seen.
         ahead = T_wc[:, :3, 3] + 2.0 * T_wc[:, :3, 2]
         return ahead.mean(dim=0).float()
+
+
+def validation_split(names: list[str], fraction: float) -> tuple[Tensor, Tensor]:
+    """Split the training frames into (train, validation) index tensors (long, ascending).
+
+    The validation frames are the last ``fraction`` of every sequence (names ``seq/frame``, in
+    recording order; a name without ``/`` is one sequence), rounded down: a sequence of fewer
+    than 1 / ``fraction`` frames keeps them all for training (fraction 0: no validation
+    frames). A tail block rather than every
+    n-th frame: a frame between two training frames would measure interpolation, and model
+    selection must not see the test split (the evaluator reports on it).
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f'validation fraction must be in [0, 1), got {fraction}')
+    sequences: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        sequences.setdefault(name.rsplit('/', 1)[0] if '/' in name else '', []).append(i)
+    validation: list[int] = []
+    for frames in sequences.values():
+        count = min(int(np.floor(fraction * len(frames) + 1e-9)), len(frames) - 1)
+        if count > 0:
+            validation.extend(frames[-count:])
+    held = set(validation)
+    train = [i for i in range(len(names)) if i not in held]
+    return torch.tensor(train, dtype=torch.long), torch.tensor(sorted(validation),
+                                                                 dtype=torch.long)
 
 
 def load_training_set(root: str | Path, split: str = 'train', stride: int = 8,

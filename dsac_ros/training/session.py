@@ -39,7 +39,7 @@ from dsac_ros.models.checkpoint import (
 from dsac_ros.models.scene_coordinate_net import SceneCoordinateNet
 from dsac_ros.models.score_net import ScoreNet
 from dsac_ros.training.config import Budget, LrSchedule, Stage, TrainConfig
-from dsac_ros.training.data import TrainingSet, load_training_set
+from dsac_ros.training.data import TrainingSet, load_training_set, validation_split
 from dsac_ros.training.runtime import Runtime, broadcast_flag
 
 _LOG = logging.getLogger(__name__)
@@ -84,6 +84,7 @@ class Session:
     runtime: Runtime
     data: TrainingSet
     shard: Tensor  # (n,) long frame indices of this rank
+    validation: Tensor  # (m,) long frame indices held out of training (`data.validation_split`)
     coord_net: SceneCoordinateNet
     score_net: ScoreNet | None
     completed: list[str]
@@ -136,10 +137,13 @@ def open_session(config: TrainConfig, runtime: Runtime) -> Session:
     torch.manual_seed(config.seed)
     data = load_training_set(config.scene, 'train', use_depth=config.use_depth,
                              max_frames=config.max_frames)
-    n = len(data)
+    train_index, validation = validation_split(data.names, config.validation_fraction)
+    n = len(train_index)
     if n < runtime.world_size:
         raise ValueError(f'{n} training frames cannot be shared by {runtime.world_size} ranks')
-    shard = torch.arange(n)[runtime.rank::runtime.world_size]
+    shard = train_index[runtime.rank::runtime.world_size]
+    _LOG.info('%d training frames, %d held out for validation (the last %.0f %% of each '
+              'sequence)', n, len(validation), 100 * config.validation_fraction)
     ckpt_path = config.out_dir / CHECKPOINT_NAME
     if runtime.is_main:
         for name in (CHECKPOINT_NAME, MODEL_NAME):
@@ -166,7 +170,7 @@ def open_session(config: TrainConfig, runtime: Runtime) -> Session:
         _LOG.info('networks initialised from %s', config.init_checkpoint)
     else:
         coord_net = SceneCoordinateNet(config.coord_net)
-        coord_net.set_scene_mean(data.scene_mean())
+        coord_net.set_scene_mean(data.scene_mean(train_index))
         score_net = None
         scoring = Scoring.SOFT_INLIERS
     coord_net = coord_net.to(runtime.device)
@@ -174,8 +178,9 @@ def open_session(config: TrainConfig, runtime: Runtime) -> Session:
         score_net = score_net.to(runtime.device)
     if runtime.is_main:
         config.out_dir.mkdir(parents=True, exist_ok=True)
-    return Session(config=config, runtime=runtime, data=data, shard=shard, coord_net=coord_net,
-                    score_net=score_net, completed=completed, resume=resume, scoring=scoring)
+    return Session(config=config, runtime=runtime, data=data, shard=shard,
+                   validation=validation, coord_net=coord_net, score_net=score_net,
+                   completed=completed, resume=resume, scoring=scoring)
 
 
 def _check_camera(K: Tensor, image_size: tuple[int, int], data: TrainingSet, path: Path) -> None:

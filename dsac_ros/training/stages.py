@@ -20,7 +20,7 @@ from dsac_ros.geometry.transforms import pose_errors
 from dsac_ros.models.score_net import ScoreNet, ScoreNetConfig
 from dsac_ros.training.augmentation import augment_batch
 from dsac_ros.training.config import COORD_GRAD_UNIT_M, Stage
-from dsac_ros.training.data import TrainingSet, load_training_set
+from dsac_ros.training.data import TrainingSet
 from dsac_ros.training.losses import (
     coordinate_loss,
     perturb_poses,
@@ -102,52 +102,53 @@ def train_coords(session: Session) -> None:
 
 
 def held_out(session: Session, max_frames: int = 50) -> tuple[TrainingSet, Tensor] | None:
-    """Up to ``max_frames`` test-split frames of the scene and the coordinate net's predictions
-    for them (device), or None without a usable test split."""
-    try:
-        test = load_training_set(session.config.scene, 'test', max_frames=max_frames)
-    except (ValueError, FileNotFoundError) as exc:
-        _LOG.info('no test split to validate on (%s)', exc)
+    """Up to ``max_frames`` of the run's validation frames (evenly spaced; never the test
+    split) and the coordinate net's predictions for them (device), or None without any."""
+    index = session.validation
+    if len(index) == 0:
+        _LOG.info('no validation frames (validation_fraction %s)',
+                  session.config.validation_fraction)
         return None
-    if test.image_size != session.data.image_size:
-        return None
-    pred = predict_coordinates(session.coord_net, test.images_b3hw, session.runtime,
+    if len(index) > max_frames:
+        index = index[torch.linspace(0, len(index) - 1, max_frames).round().long()]
+    frames = session.data.subset(index)
+    pred = predict_coordinates(session.coord_net, frames.images_b3hw, session.runtime,
                                channels_last=session.config.channels_last)
-    return test, pred
+    return frames, pred
 
 
 def validate_coords(session: Session, max_frames: int = 50) -> None:
-    """Log the median coordinate error (m) on up to ``max_frames`` test frames, if any."""
+    """Log the median coordinate error (m) on up to ``max_frames`` validation frames."""
     found = held_out(session, max_frames)
     if found is None or found[0].coords_b3hw is None:
         return
-    test, pred = found
-    dist_m = (pred.cpu() - test.coords_b3hw).norm(dim=1)
+    frames, pred = found
+    dist_m = (pred.cpu() - frames.coords_b3hw).norm(dim=1)
     dist_m = dist_m[torch.isfinite(dist_m)]
     median = float(dist_m.median())
     within = float((dist_m < 0.1).float().mean())
-    session.result.validation['coords_test_median_m'] = median
-    session.result.validation['coords_test_within_10cm'] = within
-    _LOG.info('coordinates on %d test frames: median error %.3f m, %.1f %% within 10 cm',
-              len(test), median, 100 * within)
+    session.result.validation['coords_val_median_m'] = median
+    session.result.validation['coords_val_within_10cm'] = within
+    _LOG.info('coordinates on %d validation frames: median error %.3f m, %.1f %% within 10 cm',
+              len(frames), median, 100 * within)
 
 
 def validate_scoring(session: Session, max_frames: int = 50) -> None:
     """Choose the scoring the model is deployed with (`ModelSettings.scoring`): the Score CNN
-    when the model has one and, on up to ``max_frames`` held-out (test split) frames with RANSAC
+    when the model has one and, on up to ``max_frames`` validation frames with RANSAC
     selection, it puts at least as many poses within 5 cm / 5 deg as soft inlier counts (ties:
-    the smaller median error); soft inliers otherwise, also without held-out frames."""
+    the smaller median error); soft inliers otherwise, also without validation frames."""
     session.scoring = Scoring.SOFT_INLIERS
     if session.score_net is None or not session.runtime.is_main:
         return
     found = held_out(session, max_frames)
     if found is None:
-        _LOG.info('no held-out frames: the model is deployed with soft inlier counts')
+        _LOG.info('no validation frames: the model is deployed with soft inlier counts')
         return
-    test, pred = found
+    frames, pred = found
     config = model_settings(session).apply(EstimatorConfig(seed=session.config.seed))
-    T_gt = test.T_cw_b44.to(session.runtime.device, pred.dtype)
-    K = test.K_33.to(session.runtime.device, pred.dtype)
+    T_gt = frames.T_cw_b44.to(session.runtime.device, pred.dtype)
+    K = frames.K_33.to(session.runtime.device, pred.dtype)
     results = {}
     session.score_net.eval()
     for scoring, score_fn in ((Scoring.SOFT_INLIERS, None),
@@ -163,8 +164,8 @@ def validate_scoring(session: Session, max_frames: int = 50) -> None:
     soft, learned = results[Scoring.SOFT_INLIERS], results[Scoring.SCORE_NET]
     if learned[0] > soft[0] or (learned[0] == soft[0] and learned[1] <= soft[1]):
         session.scoring = Scoring.SCORE_NET
-    _LOG.info('held-out scoring check on %d frames (RANSAC): Score CNN %.1f %%, soft inliers '
-              '%.1f %% within 5 cm / 5 deg: deployed with %s', len(test), learned[0], soft[0],
+    _LOG.info('validation scoring check on %d frames (RANSAC): Score CNN %.1f %%, soft inliers '
+              '%.1f %% within 5 cm / 5 deg: deployed with %s', len(frames), learned[0], soft[0],
               session.scoring.value)
 
 
