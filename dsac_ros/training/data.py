@@ -97,9 +97,9 @@ def validation_split(names: list[str], fraction: float) -> tuple[Tensor, Tensor]
     The validation frames are the last ``fraction`` of every sequence (names ``seq/frame``, in
     recording order; a name without ``/`` is one sequence), rounded down: a sequence of fewer
     than 1 / ``fraction`` frames keeps them all for training (fraction 0: no validation
-    frames). A tail block rather than every
-    n-th frame: a frame between two training frames would measure interpolation, and model
-    selection must not see the test split (the evaluator reports on it).
+    frames). A tail block rather than every n-th frame: a frame between two training frames
+    would measure interpolation, and model selection must not see the test split (the
+    evaluator reports on it).
     """
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f'validation fraction must be in [0, 1), got {fraction}')
