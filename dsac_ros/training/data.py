@@ -78,14 +78,14 @@ class TrainingSet:
     def scene_mean(self, index: Tensor | None = None) -> Tensor:
         """(3,) mean of the valid targets (metres, world) of frames ``index`` (default: all);
         camera centres if no depth."""
-        if index is not None:
-            return self.subset(index).scene_mean()
+        if index is None:
+            index = torch.arange(len(self))
         if self.coords_b3hw is not None:
-            pts = self.coords_b3hw.permute(0, 2, 3, 1).reshape(-1, 3)
+            pts = self.coords_b3hw[index].permute(0, 2, 3, 1).reshape(-1, 3)
             pts = pts[torch.isfinite(pts).all(dim=1)]
             if len(pts):
                 return pts.double().mean(dim=0).float()
-        T_wc = torch.linalg.inv(self.T_cw_b44)
+        T_wc = torch.linalg.inv(self.T_cw_b44[index])
         # No depth: a point 2 m in front of each camera is a rough centre of what is seen.
         ahead = T_wc[:, :3, 3] + 2.0 * T_wc[:, :3, 2]
         return ahead.mean(dim=0).float()
