@@ -12,7 +12,8 @@ into the scene cache when missing):
 
 1. one componentwise checkpoint: ``--componentwise NAME=PATH``, else for 'demo' the shipped
    model, else ``OUT/componentwise/NAME/model.pt`` trained when missing (``dsac_train --stage
-   coords`` for 95 % of ``--componentwise-minutes``, then ``--stage score``);
+   coords``, ``head`` and ``score`` in turn, sharing ``--componentwise-minutes`` as
+   ``dsac_train --minutes`` shares them);
 2. for each seed and e2e selection: ``dsac_train --stage e2e --init CHECKPOINT --selection SEL
    --seed S`` (``--train-args`` appended) into ``OUT/TAG/NAME/e2e_SEL_sS``;
 3. every model (componentwise and e2e) evaluated with ``dsac_evaluate --selection all`` once
@@ -51,6 +52,7 @@ from dsac_ros.data.benchmark_scenes import (  # noqa: E402
     benchmark_config,
     generate_benchmark_scene,
 )
+from dsac_ros.training.config import STAGE_TIME_SHARE, Stage  # noqa: E402
 
 LOGGER = logging.getLogger('e2e_ablation')
 DEMO = 'demo'
@@ -120,8 +122,11 @@ def componentwise(name: str, root: Path, args: argparse.Namespace) -> Path | Non
     base = [sys.executable, '-m', 'dsac_ros.cli.train', '--scene', str(root), '--out',
             str(folder), '--no-progress']
     minutes = args.componentwise_minutes
-    for stage, share in (('coords', 0.95), ('score', 0.05)):
-        if _call(base + ['--stage', stage, '--minutes', f'{share * minutes:g}'],
+    stages = (Stage.COORDS, Stage.HEAD, Stage.SCORE)  # dsac_train's shares of the three
+    total = sum(STAGE_TIME_SHARE[s] for s in stages)
+    for stage in stages:
+        share = STAGE_TIME_SHARE[stage] / total
+        if _call(base + ['--stage', stage.value, '--minutes', f'{share * minutes:g}'],
                  folder / 'train.log') != 0:
             LOGGER.error('componentwise training of %s failed: see %s', name, folder)
             return None

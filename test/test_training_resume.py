@@ -128,13 +128,13 @@ def test_torchrun_ddp_two_processes_gloo(tiny_scene: Path, tmp_path: Path):
     assert 'rank 0/2: 3 of 6 frames' in output and 'rank 1/2: 3 of 6 frames' in output, output
     raw = read_checkpoint_dict(out / 'checkpoint.pt')
     assert raw['training']['world_size'] == 2
-    assert raw['training']['completed'] == ['coords', 'score', 'e2e']
+    assert raw['training']['completed'] == ['coords', 'head', 'score', 'e2e']
     model = load_checkpoint(out / 'model.pt')
     assert model.score_net is not None
     # Only rank 0 wrote: one log with one row per logged step.
     with open(out / 'log.csv', newline='') as f:
         rows = [(r['stage'], r['step']) for r in csv.DictReader(f)]
-    assert len(rows) == len(set(rows)) == 6
+    assert len(rows) == len(set(rows)) == 8  # 4 stages x steps 2 and 4
 
 
 def test_train_from_bag_in_process(tiny_scene: Path, tmp_path: Path):

@@ -17,6 +17,7 @@ from dsac_ros.dsac import (
     default_inlier_threshold_px,
     read_model_settings,
 )
+from dsac_ros.geometry.camera import cell_centers
 from dsac_ros.geometry.scoring import reprojection_errors
 from dsac_ros.models.checkpoint import load_checkpoint, read_checkpoint_dict
 from dsac_ros.models.scene_coordinate_net import SceneCoordinateNet, SceneCoordinateNetConfig
@@ -27,19 +28,27 @@ from dsac_ros.training.config import (
     Budget,
     CoordStageConfig,
     EndToEndStageConfig,
+    HeadStageConfig,
     LrSchedule,
     Precision,
     Schedule,
     ScoreStageConfig,
     Stage,
     TrainConfig,
+    all_stages,
     preset_config,
     with_budget,
 )
 from dsac_ros.training.data import load_training_set, validation_split
-from dsac_ros.training.losses import perturb_poses, reprojection_init_loss, score_targets
-from dsac_ros.training.runtime import Runtime
-from dsac_ros.training.stages import end_to_end_loss
+from dsac_ros.training.losses import (
+    perturb_poses,
+    reprojection_init_loss,
+    reprojection_init_terms,
+    score_targets,
+)
+from dsac_ros.training.runtime import Runtime, setup_runtime
+from dsac_ros.training.session import open_session
+from dsac_ros.training.stages import buffer_cells, end_to_end_loss
 from dsac_ros.training.trainer import train
 
 torch.set_num_threads(1)
@@ -77,8 +86,13 @@ def test_presets_and_budget():
     assert default.coords.lr.at(0, 0.5) == pytest.approx(1e-3)
     assert default.coords.lr.at(0, 1.0) == pytest.approx(0.0, abs=1e-12)
     timed = with_budget(default, minutes=10.0)
-    assert timed.coords.budget == Budget(minutes=8.0)
-    assert timed.coords.budget.progress(10**9, 240.0) == pytest.approx(0.5)
+    assert default.stages == (Stage.COORDS, Stage.HEAD, Stage.SCORE, Stage.E2E)
+    assert timed.coords.budget == Budget(minutes=6.5)
+    assert timed.head.budget == Budget(minutes=1.5)
+    assert timed.coords.budget.progress(10**9, 195.0) == pytest.approx(0.5)
+    # The paper has no head stage; its coordinate stage gets the head's share too.
+    assert all_stages('paper') == paper.stages == (Stage.COORDS, Stage.SCORE, Stage.E2E)
+    assert with_budget(paper, minutes=10.0).coords.budget.minutes == pytest.approx(8.0)
     only = with_budget(replace(default, stages=(Stage.E2E,)), minutes=3.0)
     assert only.e2e.budget.minutes == pytest.approx(3.0)
     with pytest.raises(ValueError):
@@ -171,6 +185,83 @@ def test_reprojection_init_without_depth_reduces_error(tiny_scene: Path, tmp_pat
     assert float(err[valid].max()) < 1e-3
 
 
+def _coord_error(net: SceneCoordinateNet, data) -> tuple[float, float]:
+    """(median coordinate error in m, median reprojection error in px) of the full forward."""
+    with torch.no_grad():
+        pred = net.eval()(data.images_b3hw.float() / 255)
+    dist = (pred - data.coords_b3hw).norm(dim=1)
+    _, err = reprojection_init_loss(pred, data.T_cw_b44.float(), data.K_33.float(),
+                                    clamp_px=1000.0)
+    return float(dist[torch.isfinite(dist)].median()), float(err.median())
+
+
+@pytest.mark.parametrize('use_depth', [True, False])
+def test_head_stage_fits_the_frames_with_the_encoder_frozen(tiny_scene: Path, tmp_path: Path,
+                                                            use_depth: bool):
+    out = tmp_path / 'run'
+    coords = CoordStageConfig(budget=Budget(iterations=40), batch_size=4,
+                              lr=LrSchedule(5e-3, Schedule.CONSTANT))
+    base = _config(tiny_scene, out, stages=(Stage.COORDS,), max_frames=4, coords=coords,
+                   use_depth=use_depth)
+    train(base)
+    before = load_checkpoint(out / 'checkpoint.pt').coord_net
+    result = train(replace(base, stages=(Stage.COORDS, Stage.HEAD), head=HeadStageConfig(
+        budget=Budget(iterations=150), cells_per_step=256)))
+    assert result.steps == {'head': 150} and result.stages_done == ['coords', 'head']
+    after = load_checkpoint(out / 'checkpoint.pt').coord_net
+    encoder = after.encoder.state_dict()
+    for name, value in before.encoder.state_dict().items():  # BatchNorm statistics too
+        assert torch.equal(value, encoder[name]), name
+    assert not torch.equal(before.head[0].weight, after.head[0].weight)
+    # Measured with the whole network on the training images, not on the buffer.
+    data = load_training_set(tiny_scene, 'train', max_frames=4)
+    (m_before, px_before), (m_after, px_after) = _coord_error(before, data), _coord_error(
+        after, data)
+    if use_depth:
+        assert m_after < 0.7 * m_before, (m_before, m_after)
+    else:
+        assert px_after < 0.7 * px_before, (px_before, px_after)
+
+
+def test_cell_buffer_holds_the_encoder_features_of_the_frames_cells(tiny_scene: Path,
+                                                                    tmp_path: Path):
+    config = _config(tiny_scene, tmp_path / 'run', max_frames=4)
+    session = open_session(config, setup_runtime('cpu', Precision.FP32))
+    net, data = session.coord_net.eval(), session.data
+    full = buffer_cells(session, max_cells=10**6)
+    h, w = data.coords_b3hw.shape[-2:]
+    assert len(full) == int(torch.isfinite(data.coords_b3hw).all(dim=1).sum())
+    with torch.no_grad():
+        features = net.features(data.images_b3hw.float() / 255)  # (4, C, h, w)
+    cell = ((full.pixel_n2[:, 1] // net.stride) * w + full.pixel_n2[:, 0] // net.stride).long()
+    frame = session.shard[full.view_n]  # views 0..3 are the frames as recorded
+    assert torch.equal(full.T_cw_v44, data.T_cw_b44[session.shard])
+    expected = features.flatten(2)[frame, :, cell]
+    assert torch.allclose(full.features_nc.float(), expected, atol=1e-2, rtol=1e-2)
+    assert torch.equal(full.target_n3, data.coords_b3hw.flatten(2)[frame, :, cell])
+    centres = cell_centers(h, w, net.stride).flatten(1).t()
+    assert torch.equal(full.pixel_n2, centres[cell].float())
+    # The regression of buffered cells is the network's own output at those cells.
+    with torch.no_grad():
+        coords = net(data.images_b3hw.float() / 255).flatten(2)[frame, :, cell]
+        assert torch.allclose(net.regress_cells(expected), coords, atol=1e-5)
+    # Capped: every frame keeps about the same share of its cells.
+    capped = buffer_cells(session, max_cells=len(full) // 4)
+    assert 0.15 * len(full) < len(capped) < 0.35 * len(full)
+    assert sorted(set(capped.view_n.tolist())) == [0, 1, 2, 3]
+    # Augmented copies: their own cameras, and targets that project onto their cells.
+    augmented = buffer_cells(session, max_cells=10**6, augmented_copies=2)
+    assert len(augmented.T_cw_v44) == 12 and torch.equal(augmented.T_cw_v44[:4],
+                                                           full.T_cw_v44)
+    copy = augmented.view_n >= 4
+    assert copy.sum() > len(full)  # the copies keep most of their cells (roll, zoom)
+    v = augmented.view_n[copy]
+    _, err = reprojection_init_terms(augmented.target_n3[copy][:, None].double(),
+                                     augmented.pixel_n2[copy][:, None],
+                                     augmented.T_cw_v44[v], augmented.K_v33[v], clamp_px=1e3)
+    assert float(err.median()) < 1.0  # px: exact targets (nearest source pixel's depth)
+
+
 def test_score_samples_straddle_threshold():
     g = torch.Generator().manual_seed(0)
     T = torch.eye(4, dtype=torch.float64).repeat(2000, 1, 1)
@@ -198,13 +289,15 @@ def test_stage2_loss_falls(tiny_scene: Path, tmp_path: Path):
     assert last < 0.7 * first, (first, last)
     model = load_checkpoint(out / 'model.pt')
     assert model.score_net is not None
+    # A folder from before the head stage existed: the head does not rerun after the score.
+    later = train(replace(config, stages=tuple(Stage)[:3]))
+    assert later.steps == {} and later.stages_done == ['coords', 'score']
     # The trained score net prefers poses near the ground truth (higher score).
     data = load_training_set(tiny_scene, 'train', max_frames=4)
     with torch.no_grad():
         coords = model.coord_net(data.images_b3hw.float() / 255)
     g = torch.Generator().manual_seed(1)
     T_far = perturb_poses(data.T_cw_b44, g, min_magnitude=20.0, max_magnitude=30.0)
-    from dsac_ros.geometry.camera import cell_centers
     pix = cell_centers(8, 10)
     K = data.K_33.float()
     with torch.no_grad():
@@ -272,11 +365,13 @@ def test_e2e_stage_runs_and_logs(tiny_scene: Path, tmp_path: Path):
     out = tmp_path / 'e2e'
     config = _config(tiny_scene, out, max_frames=4,
                      coords=CoordStageConfig(budget=Budget(iterations=20), batch_size=4),
+                     head=HeadStageConfig(budget=Budget(iterations=10), cells_per_step=64),
                      score=ScoreStageConfig(budget=Budget(iterations=10), batch_size=16),
                      e2e=EndToEndStageConfig(budget=Budget(iterations=4), num_hypotheses=32,
                                              selection=Selection.SOFTAM))
     result = train(config)
-    assert result.stages_done == ['coords', 'score', 'e2e'] and result.steps['e2e'] == 4
+    assert result.stages_done == ['coords', 'head', 'score', 'e2e']
+    assert result.steps['head'] == 10 and result.steps['e2e'] == 4
     rows = _rows(out, 'e2e')
     assert rows and all(float(r['loss']) >= 0 for r in rows)
     assert all(0.0 <= float(r['aux']) <= 1.0 and float(r['grad']) >= 0 for r in rows)

@@ -29,7 +29,14 @@ from dsac_ros.dsac import Selection
 from dsac_ros.models.checkpoint import CheckpointError
 from dsac_ros.models.scene_coordinate_net import SceneCoordinateNetConfig
 from dsac_ros.training.augmentation import AugmentationConfig
-from dsac_ros.training.config import Precision, Preset, Stage, preset_config, with_budget
+from dsac_ros.training.config import (
+    Precision,
+    Preset,
+    Stage,
+    all_stages,
+    preset_config,
+    with_budget,
+)
 
 _LOG = logging.getLogger('dsac_train')
 
@@ -46,12 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--camera-frame', help='bag: TF optical frame (pose from TF instead)')
     p.add_argument('--world-frame', default='map', help='bag: TF world frame')
     p.add_argument('--out', type=Path, required=True, help='output folder (resumes if present)')
-    p.add_argument('--stage', choices=['coords', 'score', 'e2e', 'all'], default='all')
+    p.add_argument('--stage', choices=[x.value for x in Stage] + ['all'], default='all')
     p.add_argument('--selection', choices=['dsac', 'softam'], default='dsac',
                    help='end-to-end selection (paper Sec. 2.2)')
     p.add_argument('--preset', choices=[x.value for x in Preset], default='default')
     p.add_argument('--minutes', type=float, help='time budget for the selected stages '
-                   '(with --stage all: 80%% coords, 5%% score, 15%% e2e)')
+                   '(with --stage all: 65%% coords, 15%% head, 5%% score, 15%% e2e)')
     p.add_argument('--iterations', type=int, help='steps per selected stage')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--device', default='auto', help="'auto', 'cpu', 'cuda' or 'cuda:N'")
@@ -66,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help='hold the last this share of every training sequence out of training, '
                         'for the held-out checks and the scoring choice (0: none)')
     p.add_argument('--batch-size', type=int, help='stage 1 batch size')
+    p.add_argument('--head-copies', type=int,
+                   help='head stage: augmented copies of every training frame (camera roll, '
+                        "zoom, exposure) buffered besides the frame itself (default: the "
+                        "preset's)")
     p.add_argument('--e2e-frames', type=int, help='images per end-to-end step')
     p.add_argument('--hypotheses', type=int, help='hypotheses per image in end-to-end training')
     p.add_argument('--e2e-lr', type=float,
@@ -124,7 +135,7 @@ def _scene_from_bag(args: argparse.Namespace) -> Path:
 
 def config_from_args(args: argparse.Namespace, scene: Path):
     """argparse namespace -> TrainConfig (no training)."""
-    stages = tuple(Stage) if args.stage == 'all' else (Stage(args.stage),)
+    stages = all_stages(args.preset) if args.stage == 'all' else (Stage(args.stage),)
     config = preset_config(args.preset, scene, args.out, stages=stages, seed=args.seed,
                            device=args.device, precision=Precision(args.precision),
                            use_depth=not args.no_depth, max_frames=args.max_frames,
@@ -155,7 +166,10 @@ def config_from_args(args: argparse.Namespace, scene: Path):
         coords = replace(coords, augmentation=AugmentationConfig())
     if args.batch_size:
         coords = replace(coords, batch_size=args.batch_size)
-    config = replace(config, e2e=e2e, coords=coords)
+    head = config.head
+    if args.head_copies is not None:
+        head = replace(head, augmented_copies=args.head_copies)
+    config = replace(config, e2e=e2e, coords=coords, head=head)
     return with_budget(config, minutes=args.minutes, iterations=args.iterations)
 
 

@@ -298,8 +298,10 @@ def format_table(results: Sequence[SceneResult]) -> str:
     blocks.append(['Covariance calibration: median NEES (5.35 when calibrated) / % below the '
                    "chi-square 95% bound / scale to calibrate (the node's covariance_scale)",
                    header] + [r.scene.ljust(width) + ''.join(
-                       _fmt_calibration(r.selections[m].calibration if m in r.selections
-                                        else None).rjust(col) for m in modes) for r in results])
+                       # ' ' first: these cells can be wider than the column.
+                       (' ' + _fmt_calibration(r.selections[m].calibration if m in r.selections
+                                               else None)).rjust(col) for m in modes)
+                       for r in results])
     timing = ['Mean per-frame timings (ms)',
               'Scene'.ljust(width) + 'network'.rjust(col) + ''.join(
                   f'est. {_label(m)}'.rjust(col) for m in modes) + 'device'.rjust(col)]

@@ -60,25 +60,39 @@ def reprojection_init_loss(pred_b3hw: Tensor, T_cw_b44: Tensor, K_b33: Tensor,
         cells hold ``clamp_px``).
     """
     B, _, h, w = pred_b3hw.shape
-    device = pred_b3hw.device
     y = pred_b3hw.float().permute(0, 2, 3, 1).reshape(B, h * w, 3)
+    pix = cell_centers(h, w, stride, device=y.device, dtype=torch.float32)
+    pix = pix.permute(1, 2, 0).reshape(1, h * w, 2).expand(B, h * w, 2)
+    per_cell, err = reprojection_init_terms(y, pix, T_cw_b44, K_b33, clamp_px, min_depth_m,
+                                            depth_prior_m)
+    return per_cell.mean(), err.reshape(B, h, w)
+
+
+def reprojection_init_terms(y_bm3: Tensor, pix_bm2: Tensor, T_cw_b44: Tensor, K_b33: Tensor,
+                            clamp_px: float = 100.0, min_depth_m: float = 0.1,
+                            depth_prior_m: float = 3.0) -> tuple[Tensor, Tensor]:
+    """The terms of `reprojection_init_loss` for M points per camera: y_bm3 world points
+    (metres) seen at pixels pix_bm2 by cameras T_cw_b44 / K_b33 ((B, 3, 3) or (3, 3)).
+    Returns (per-point loss (B, M), reprojection error (B, M) px, detached; clamped points
+    hold ``clamp_px``)."""
+    B, M, _ = y_bm3.shape
+    device = y_bm3.device
+    y = y_bm3.float()
     T = T_cw_b44.to(device=device, dtype=torch.float32)
     K = K_b33.to(device=device, dtype=torch.float32).expand(B, 3, 3)
-    pix = cell_centers(h, w, stride, device=device, dtype=torch.float32)
-    pix = pix.permute(1, 2, 0).reshape(1, h * w, 2).expand(B, h * w, 2)
+    pix = pix_bm2.to(device=device, dtype=torch.float32)
     cam = transform_points(T, y)  # (B, M, 3)
     z = cam[..., 2]
     front = z > min_depth_m
     safe = torch.where(front[..., None], cam, torch.ones_like(cam))
     err = (project(safe, K[:, None]) - pix).norm(dim=-1)
     good = front & (err < clamp_px)
-    # Depth-prior target on the viewing ray of each cell, in the world frame.
+    # Depth-prior target on the viewing ray of each point, in the world frame.
     prior_cam = backproject(pix, torch.full_like(z, depth_prior_m), K[:, None])
     prior_world = transform_points(invert_se3(T), prior_cam)
     prior_dist = (y - prior_world.detach()).norm(dim=-1) * (clamp_px / depth_prior_m)
-    per_cell = torch.where(good, err, prior_dist)
-    loss = per_cell.mean()
-    return loss, torch.where(good, err, torch.full_like(err, clamp_px)).detach().reshape(B, h, w)
+    per_point = torch.where(good, err, prior_dist)
+    return per_point, torch.where(good, err, torch.full_like(err, clamp_px)).detach()
 
 
 def perturb_poses(T_cw_b44: Tensor, generator: torch.Generator | None,

@@ -2,7 +2,7 @@
 networks, resume state), signals, the step loop (learning-rate schedules, logging, checkpoints,
 budget, DDP agreement), the checkpoint file, log.csv and curves.png, and batch helpers.
 
-The three stages (`dsac_ros.training.stages`) each build their optimizers and a step function
+The four stages (`dsac_ros.training.stages`) each build their optimizers and a step function
 and hand them to `run_loop`; `dsac_ros.training.trainer.train` runs the stages in order.
 """
 
@@ -445,7 +445,8 @@ def plot_curves(log_path: Path, png_path: Path) -> None:
     stages = [s.value for s in Stage if any(r['stage'] == s.value for r in rows)]
     if not stages:
         return
-    units = {'coords': 'loss (m or px)', 'score': '|s - s*|', 'e2e': 'expected pose loss'}
+    units = {'coords': 'loss (m or px)', 'head': 'loss (m or px)', 'score': '|s - s*|',
+             'e2e': 'expected pose loss'}
     fig, axes = plt.subplots(1, len(stages), figsize=(5 * len(stages), 3.6), squeeze=False)
     for ax, stage in zip(axes[0], stages):
         sel = [r for r in rows if r['stage'] == stage]

@@ -1,11 +1,13 @@
-"""The three training stages (paper Sec. 4): scene coordinates (componentwise, from depth or
-by reprojection), the Score CNN, and end-to-end DSAC / SoftAM. Each builds its optimizers and a
+"""The training stages: scene coordinates (paper Sec. 4.1, componentwise, from depth or by
+reprojection), the coordinate head alone on buffered encoder features (ours, after ACE), the
+Score CNN (Sec. 4.1), and end-to-end DSAC / SoftAM (Sec. 4.2). Each builds its optimizers and a
 step function and runs them with `dsac_ros.training.session.run_loop`.
 """
 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 import logging
 import math
 from typing import Any, Callable
@@ -18,13 +20,14 @@ from dsac_ros.geometry.camera import cell_centers
 from dsac_ros.geometry.scoring import reprojection_errors
 from dsac_ros.geometry.transforms import pose_errors
 from dsac_ros.models.score_net import ScoreNet, ScoreNetConfig
-from dsac_ros.training.augmentation import augment_batch
+from dsac_ros.training.augmentation import AugmentationConfig, augment_batch
 from dsac_ros.training.config import COORD_GRAD_UNIT_M, Stage
 from dsac_ros.training.data import TrainingSet
 from dsac_ros.training.losses import (
     coordinate_loss,
     perturb_poses,
     reprojection_init_loss,
+    reprojection_init_terms,
     score_targets,
 )
 from dsac_ros.training.runtime import Runtime, all_reduce_mean_
@@ -98,6 +101,146 @@ def train_coords(session: Session) -> None:
           step_fn)
     net.eval()
     if runtime.is_main and has_depth:
+        validate_coords(session)
+
+
+# ----------------------------------------------------------------------------------------
+# Stage 1b: the head alone on buffered encoder features
+
+
+@dataclass(frozen=True)
+class CellBuffer:
+    """Training cells of the frozen encoder, for `train_head`.
+
+    A view is one training frame as recorded, or an augmented copy of one (another camera
+    roll / zoom / exposure). features_nc: (N, C) float16 encoder features. target_n3: (N, 3)
+    float32 world-frame scene coordinates (metres) from depth, or None without depth.
+    view_n: (N,) long index of a cell's view. pixel_n2: (N, 2) float32 cell centre (OpenCV
+    pixels of the view). T_cw_v44: (V, 4, 4) float64 world-to-camera pose and K_v33: (V, 3, 3)
+    float64 intrinsics of every view.
+    """
+
+    features_nc: Tensor
+    target_n3: Tensor | None
+    view_n: Tensor
+    pixel_n2: Tensor
+    T_cw_v44: Tensor
+    K_v33: Tensor
+
+    def __len__(self) -> int:
+        return int(self.features_nc.shape[0])
+
+
+@torch.no_grad()
+def buffer_cells(session: Session, max_cells: int, augmented_copies: int = 0,
+                 augmentation: AugmentationConfig | None = None,
+                 chunk: int = 16) -> CellBuffer:
+    """Encoder features of the cells of this rank's training frames, as recorded and in
+    ``augmented_copies`` augmented copies each (``augmentation``, by default
+    ``AugmentationConfig()``; targets exact): every cell with a finite target (all cells
+    without depth), each kept with probability ``max_cells`` / (cells of all views) where
+    that is below 1. Views: the shard's frames as recorded, then each round of copies in the
+    shard's order; the draws are fixed by the run seed (the same after a resume)."""
+    net, runtime, data = session.coord_net, session.runtime, session.data
+    augmentation = augmentation or AugmentationConfig()
+    net.eval()
+    h, w = data.image_size[0] // net.stride, data.image_size[1] // net.stride
+    views = len(session.shard) * (1 + augmented_copies)
+    keep_share = min(1.0, max_cells / float(views * h * w))
+    draw = torch.Generator().manual_seed(session.config.seed * 1_000_003 + 31 * runtime.rank)
+    pixels = cell_centers(h, w, net.stride).permute(1, 2, 0).reshape(h * w, 2).float()
+    parts: dict[str, list[Tensor]] = {k: [] for k in ('features', 'target', 'view', 'cell',
+                                                      'T', 'K')}
+    for copy in range(1 + augmented_copies):
+        for start in range(0, len(session.shard), chunk):
+            idx = session.shard[start:start + chunk]
+            if copy == 0:
+                images = batch_images(session, idx)
+                coords, T_cw = data.coords_b3hw, data.T_cw_b44[idx]
+                coords = None if coords is None else coords[idx]
+                K = data.K_33.to(torch.float64).expand(len(idx), 3, 3)
+            else:
+                batch = augment_batch(data.images_b3hw[idx], data.T_cw_b44[idx], data.K_33,
+                                      draw, augmentation,
+                                      None if data.depth_bhw is None else data.depth_bhw[idx],
+                                      data.K_depth_33, net.stride)
+                images = batch.images_b3hw.to(runtime.device)
+                if session.config.channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                coords, T_cw, K = batch.coords_b3hw, batch.T_cw_b44, batch.K_b33
+            with runtime.autocast():
+                feats = net.features(images)
+            feats = feats.to('cpu', torch.float16).permute(0, 2, 3, 1).reshape(
+                -1, feats.shape[1])
+            keep = torch.rand(feats.shape[0], generator=draw) < keep_share
+            if coords is not None:
+                target = coords.permute(0, 2, 3, 1).reshape(-1, 3)
+                keep &= torch.isfinite(target).all(dim=1)
+                parts['target'].append(target[keep])
+            first_view = sum(len(t) for t in parts['T'])
+            parts['features'].append(feats[keep])
+            parts['view'].append((first_view + torch.arange(len(idx))).repeat_interleave(
+                h * w)[keep])
+            parts['cell'].append(torch.arange(h * w).repeat(len(idx))[keep])
+            parts['T'].append(T_cw.to(torch.float64))
+            parts['K'].append(K.to(torch.float64))
+    return CellBuffer(
+        features_nc=torch.cat(parts['features']),
+        target_n3=torch.cat(parts['target']) if parts['target'] else None,
+        view_n=torch.cat(parts['view']),
+        pixel_n2=pixels[torch.cat(parts['cell'])],
+        T_cw_v44=torch.cat(parts['T']),
+        K_v33=torch.cat(parts['K']))
+
+
+def train_head(session: Session) -> None:
+    """Stage 1b (`HeadStageConfig`): the head of the frozen-encoder coordinate net on random
+    buffered cells of all training frames; the loss of stage 1 (metres with depth,
+    reprojection pixels without)."""
+    cfg, runtime = session.config.head, session.runtime
+    net = session.coord_net
+    buffer = buffer_cells(session, cfg.max_buffer_cells, cfg.augmented_copies,
+                          cfg.augmentation)
+    if len(buffer) == 0:
+        raise ValueError('no training cell has a scene-coordinate target: nothing for the '
+                         'head stage to train on')
+    head_params = list(net.head.parameters())
+    optimizer = torch.optim.Adam(head_params, lr=cfg.lr.lr)
+    generator = stage_generator(session, Stage.HEAD)
+    coords_cfg = session.config.coords
+    _LOG.info('stage head on rank %d/%d: %d buffered cells of %d frames (%d views: %d '
+              'augmented copies each; %s), %d per step, budget %s', runtime.rank,
+              runtime.world_size, len(buffer), len(session.shard), len(buffer.T_cw_v44),
+              cfg.augmented_copies,
+              'depth targets' if buffer.target_n3 is not None else 'reprojection',
+              cfg.cells_per_step, cfg.budget)
+
+    def step_fn(step: int) -> dict[str, float]:
+        pick = torch.randint(len(buffer), (cfg.cells_per_step,), generator=generator)
+        pred = net.regress_cells(buffer.features_nc[pick].to(runtime.device))  # (M, 3) m
+        if buffer.target_n3 is not None:
+            target = buffer.target_n3[pick].to(runtime.device)
+            # (M, 3) as a (1, 3, M, 1) image: the loss of stage 1.
+            loss = coordinate_loss(pred.t()[None, :, :, None], target.t()[None, :, :, None])
+            aux = float((pred.detach() - target).norm(dim=1).median())
+        else:
+            view = buffer.view_n[pick]
+            per_cell, err = reprojection_init_terms(
+                pred[:, None], buffer.pixel_n2[pick, None].to(runtime.device),
+                buffer.T_cw_v44[view].to(runtime.device), buffer.K_v33[view].to(runtime.device),
+                clamp_px=coords_cfg.reprojection_clamp_px, min_depth_m=coords_cfg.min_depth_m,
+                depth_prior_m=coords_cfg.depth_prior_m)
+            loss, aux = per_cell.mean(), float(err.median())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        all_reduce_mean_([p.grad for p in head_params if p.grad is not None], runtime)
+        optimizer.step()
+        return {'loss': float(loss.detach()), 'aux': aux}
+
+    run_loop(session, Stage.HEAD, cfg.budget, [Optim('head', optimizer, cfg.lr)], generator,
+             step_fn)
+    net.eval()
+    if runtime.is_main and buffer.target_n3 is not None:
         validate_coords(session)
 
 

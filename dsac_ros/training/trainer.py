@@ -40,7 +40,7 @@ from dsac_ros.training.session import (
     save_state,
     signal_guard,
 )
-from dsac_ros.training.stages import train_coords, train_e2e, train_score
+from dsac_ros.training.stages import train_coords, train_e2e, train_head, train_score
 
 __all__ = ['TrainResult', 'TrainingInterruptedError', 'train']
 
@@ -73,10 +73,17 @@ def _run(session: Session) -> TrainResult:
     if session.runtime.is_main:
         prune_log(session)
     runners: dict[Stage, Callable[[Session], None]] = {
-        Stage.COORDS: train_coords, Stage.SCORE: train_score, Stage.E2E: train_e2e}
-    for stage in sorted(config.stages, key=list(Stage).index):
+        Stage.COORDS: train_coords, Stage.HEAD: train_head, Stage.SCORE: train_score,
+        Stage.E2E: train_e2e}
+    order = list(Stage)
+    for stage in sorted(config.stages, key=order.index):
         if stage.value in session.completed:
             _LOG.info('stage %s already completed in %s: skipped', stage.value, config.out_dir)
+            continue
+        later = [s for s in session.completed if order.index(Stage(s)) > order.index(stage)]
+        if later:  # e.g. a run from before the head stage existed: keep what e2e trained
+            _LOG.info('stage %s skipped: the later stage(s) %s already ran in %s', stage.value,
+                      later, config.out_dir)
             continue
         runners[stage](session)
         session.completed.append(stage.value)
