@@ -161,11 +161,11 @@ class HeadStageConfig:
     training frame, keep the features of the cells with a target in a buffer, and train the
     1x1 regression head alone on random cells drawn from all frames at once.
 
-    Why: on a CPU, stage 1 spends 88 % of its time in the encoder, and each step sees the
-    cells of 4 images, which are highly correlated. A head step costs about 1 / 60 of a stage-1
-    step per cell and mixes cells of every frame. The network and its inference cost do not
-    change. Measured on revisit_a (2-core AVX2 CPU), test coordinate error (median, cells
-    within 10 cm), 50 test frames:
+    Why: 94 % of the network's multiply-adds are in the encoder, and each stage-1 step sees the
+    cells of 4 images, which are highly correlated. A head step costs about 1 / 15 of a stage-1
+    step per cell (7 vs 104 us on the CPU below) and mixes cells of every frame. The network
+    and its inference cost do not change. Measured on revisit_a (2-core AVX2 CPU), test
+    coordinate error (median, cells within 10 cm), 50 test frames:
 
     - 24 min of stage 1: 0.206 m, 16 %; + 4 min of this stage: 0.133 m, 37 % (training frames
       0.158 -> 0.064 m; 137k cells per second);
