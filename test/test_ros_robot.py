@@ -3,7 +3,7 @@
 One node process (use_sim_time) serves the whole module, driven in turn by:
 1. a robot simulator process (`dsac_ros.demo.robot_sim`): /clock from 1000 s, a static
    base_link -> camera optical frame extrinsic (not the identity), odom -> base_link at 50 Hz
-   with drift, images + camera_info at 2 Hz; a ~/relocalize request while it drives;
+   with drift, images + camera_info at 1 Hz; a ~/relocalize request while it drives;
 2. nothing (continuous off): a ~/relocalize request must fail with a reason, diagnostics STALE;
 3. `dsac_replay` of a bag written by `write_scene_bag` (robot TF, no map -> odom, from 2000 s)
    with /clock.
@@ -150,7 +150,9 @@ def robot_run(ros_env, model_path, scene_dir, tmp_path_factory):  # noqa: F811
         # 1. The robot drives (it waits for the node and the checker to subscribe, so its
         # start-up overlaps the node's); a relocalization request while it drives.
         sim = procs.start('sim', module_command(
-            'dsac_ros.demo.robot_sim', str(scene_dir), '--rate', '2', '--max-frames',
+            # 1 Hz: a node slow on its first frames (CI: 3 of 8 handled at 2 Hz) still
+            # localizes most frames and is still driving when the request comes.
+            'dsac_ros.demo.robot_sim', str(scene_dir), '--rate', '1', '--max-frames',
             str(SIM_FRAMES), '--sim-time', '--clock-start', '1000',
             '--wait-tf-subscribers', '2', '--wait-timeout', '60', '--gt-out',
             str(out / 'gt.json')))
