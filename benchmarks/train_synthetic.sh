@@ -2,8 +2,8 @@
 # Acceptance recipe on the synthetic scene (CPU sized, about 40 minutes in all):
 #   1. generate the synthetic scene (default SyntheticSceneConfig, seed 0) if it is missing;
 #   2. componentwise training: coordinates for COORD_MINUTES (default preset: Adam 2e-3
-#      cosine-decayed over the budget, batch 8 as the shipped model had (the preset's default
-#      is now 4), bf16 autocast + channels_last where the CPU
+#      cosine-decayed over the budget, batch 8 of whole frames as the shipped model had (the
+#      preset's default is now 4 windows of 0.6 of each side), bf16 autocast + channels_last where the CPU
 #      has native bf16), then the score CNN (SCORE_ITERS steps);
 #   3. short end-to-end fine-tuning from the componentwise model, once with DSAC and once with
 #      SoftAM (E2E_ITERS steps each, into separate folders; the preset's per-millimetre
@@ -43,7 +43,7 @@ fi
 BASE="$RUNS/componentwise"
 echo "== stage 1: coordinates, $COORD_MINUTES min -> $BASE"
 "$PYTHON" -m dsac_ros.cli.train --scene "$SCENE" --out "$BASE" --stage coords \
-  --minutes "$COORD_MINUTES" --batch-size 8 --device "$DEVICE" "${THREAD_ARGS[@]}"
+  --minutes "$COORD_MINUTES" --batch-size 8 --crop-fraction 1 --device "$DEVICE" "${THREAD_ARGS[@]}"
 echo "== stage 2: score CNN, $SCORE_ITERS steps -> $BASE"
 "$PYTHON" -m dsac_ros.cli.train --scene "$SCENE" --out "$BASE" --stage score \
   --iterations "$SCORE_ITERS" --device "$DEVICE" "${THREAD_ARGS[@]}"

@@ -361,3 +361,15 @@ def test_rgbd_threshold_default_travels_in_the_checkpoint(tmp_path, frames):
     assert reloc.estimator_config.inlier_threshold_cm == 8.0
     plain = Relocalizer.from_checkpoint(path, RelocalizerConfig(device='cpu', estimator=FAST))
     assert plain.estimator_config.inlier_threshold_cm is None  # the estimator's 10 cm
+
+
+def test_warm_up_runs_the_pipeline_and_leaves_it_as_it_was(frames):
+    """warm_up localizes synthetic frames at the training size (the node calls it before it
+    subscribes); the next real frame is localized as without it."""
+    reloc = oracle_relocalizer(frames)
+    times_ms = reloc.warm_up(frames=2)
+    assert len(times_ms) == 2 and all(t > 0 for t in times_ms)
+    assert reloc.coord_net.calls == 2
+    loc = reloc.localize(frames[0].image_rgb, frames[0].K)
+    deg, m = errors(loc.T_cw, frames[0].T_wc)
+    assert deg < 0.1 and m < 0.002, (deg, m)

@@ -11,7 +11,7 @@ import torch
 from dsac_ros.data.seven_scenes import scene_coordinates_from_depth
 from dsac_ros.data.synthetic import SyntheticRoom, SyntheticSceneConfig, trajectories
 from dsac_ros.geometry.camera import cell_centers
-from dsac_ros.training.augmentation import AugmentationConfig, augment_batch
+from dsac_ros.training.augmentation import AugmentationConfig, augment_batch, crop_batch
 
 GEOMETRIC = replace(AugmentationConfig.none(), max_rotation_deg=30.0, min_scale=2 / 3,
                     max_scale=1.5)
@@ -92,6 +92,37 @@ def test_photometric_draws_stay_in_range_and_repeat(frames):
         AugmentationConfig(min_scale=2.0, max_scale=1.0)
 
 
+def test_crop_is_the_view_of_a_smaller_camera(frames):
+    """A crop (after the roll and zoom) is what a camera with the crop's size and the shifted
+    principal point sees: the renderer draws the same image, and the targets reproject to the
+    crop's own cell centres."""
+    room, config, images, depth, T_cw = frames
+    generator = torch.Generator().manual_seed(7)
+    full = augment_batch(images, T_cw, torch.from_numpy(config.K), generator, GEOMETRIC, depth)
+    crop = crop_batch(full, (64, 96), generator)
+    assert crop.images_b3hw.shape[-2:] == (64, 96) and crop.coords_b3hw.shape[-2:] == (8, 12)
+    centres = cell_centers(8, 12, 8, dtype=torch.float64).reshape(2, -1)
+    shifts = set()
+    for b in range(len(images)):
+        shifts.add(tuple(crop.K_b33[b, :2, 2].tolist()))
+        T_wc = np.linalg.inv(crop.T_cw_b44[b].numpy())
+        rendered, _ = room.render_frame(T_wc, crop.K_b33[b].numpy(), 96, 64)
+        cut = crop.images_b3hw[b].permute(1, 2, 0).numpy() * 255.0
+        covered = cut.sum(axis=2) > 0
+        assert np.median(np.abs(cut - rendered.astype(np.float64))[covered]) < 6.0
+        points = crop.coords_b3hw[b].double().reshape(3, -1)
+        valid = torch.isfinite(points).all(dim=0)
+        pix = crop.K_b33[b] @ (crop.T_cw_b44[b, :3, :3] @ points[:, valid]
+                               + crop.T_cw_b44[b, :3, 3:])
+        scale = float(crop.K_b33[b, 0, 0]) / config.K[0, 0]
+        error = (pix[:2] / pix[2:] - centres[:, valid]).norm(dim=0)
+        assert float(error.max()) < 0.75 * scale + 1e-6
+    assert len(shifts) > 1  # each image its own window
+    with pytest.raises(ValueError, match='multiple of 8'):
+        crop_batch(full, (60, 96), generator)
+    assert crop_batch(full, tuple(full.images_b3hw.shape[-2:]), generator) is full
+
+
 def test_stage_one_augments_on_request(tmp_path):
     """dsac_train's stage 1 jitters exposure only by default; --augment gives it the exact
     camera augmentation (DSAC*'s ranges)."""
@@ -103,3 +134,21 @@ def test_stage_one_augments_on_request(tmp_path):
     augmented = config_from_args(build_parser().parse_args(base + ['--augment']), tmp_path)
     assert augmented.coords.augmentation == AugmentationConfig()
     assert augmented.coords.augmentation.geometric
+
+
+def test_crop_option(tmp_path):
+    """Stage 1 trains on windows of 0.6 of each side by default (rounded down to the stride);
+    dsac_train --crop-fraction changes it, 1 is whole frames, as in the paper preset."""
+    from dsac_ros.cli.train import build_parser, config_from_args
+    from dsac_ros.training.config import CoordStageConfig, preset_config
+    base = ['--scene', str(tmp_path), '--out', str(tmp_path / 'out')]
+    parse = build_parser().parse_args
+    default = config_from_args(parse(base), tmp_path).coords
+    assert default.crop_size((240, 320), 8) == (144, 192)
+    assert default.crop_size((480, 640), 8) == (288, 384)
+    whole = config_from_args(parse(base + ['--crop-fraction', '1']), tmp_path).coords
+    assert whole.crop_size((240, 320), 8) == (240, 320)
+    assert preset_config('paper', tmp_path, tmp_path).coords.crop_fraction == 1.0
+    assert CoordStageConfig(crop_fraction=0.01).crop_size((240, 320), 8) == (8, 8)
+    with pytest.raises(ValueError, match='crop_fraction'):
+        CoordStageConfig(crop_fraction=0.0)

@@ -69,6 +69,14 @@ def _rows(out: Path, stage: str) -> list[dict]:
         return [r for r in csv.DictReader(f) if r['stage'] == stage]
 
 
+def _whole_frames(**kw) -> CoordStageConfig:
+    """Stage 1 on whole frames: these tests check what a stage learns on the tiny scene's
+    80x64 frames, whose default windows (48x32) hold few cells; the windows themselves are
+    checked in test_training_augmentation.py and run here in
+    test_model_selection_never_reads_the_test_split."""
+    return CoordStageConfig(crop_fraction=1.0, **kw)
+
+
 def _config(scene: Path, out: Path, **kw) -> TrainConfig:
     base = TrainConfig(scene=scene, out_dir=out, progress_bar=False, log_every=5,
                        precision=Precision.FP32, threads=1, coord_net=SMALL_NET)
@@ -133,7 +141,7 @@ def test_model_selection_never_reads_the_test_split(tiny_scene: Path, tmp_path: 
 def test_stage1_loss_falls_and_files(tiny_scene: Path, tmp_path: Path):
     # Four frames, so that a few dozen steps show a clear drop (fitting them).
     config = _config(tiny_scene, tmp_path / 'run', stages=(Stage.COORDS,), max_frames=4,
-                     coords=CoordStageConfig(budget=Budget(iterations=60), batch_size=4,
+                     coords=_whole_frames(budget=Budget(iterations=60), batch_size=4,
                                              lr=LrSchedule(5e-3, Schedule.CONSTANT)),
                      precision=Precision.AUTO)
     result = train(config)
@@ -156,7 +164,7 @@ def test_stage1_loss_falls_and_files(tiny_scene: Path, tmp_path: Path):
 def test_reprojection_init_without_depth_reduces_error(tiny_scene: Path, tmp_path: Path):
     config = _config(tiny_scene, tmp_path / 'nodepth', stages=(Stage.COORDS,), use_depth=False,
                      max_frames=4,
-                     coords=CoordStageConfig(budget=Budget(iterations=80), batch_size=4,
+                     coords=_whole_frames(budget=Budget(iterations=80), batch_size=4,
                                              lr=LrSchedule(5e-3, Schedule.CONSTANT)))
     train(config)
     data = load_training_set(tiny_scene, 'train', use_depth=False, max_frames=4)
@@ -199,7 +207,7 @@ def _coord_error(net: SceneCoordinateNet, data) -> tuple[float, float]:
 def test_head_stage_fits_the_frames_with_the_encoder_frozen(tiny_scene: Path, tmp_path: Path,
                                                             use_depth: bool):
     out = tmp_path / 'run'
-    coords = CoordStageConfig(budget=Budget(iterations=40), batch_size=4,
+    coords = _whole_frames(budget=Budget(iterations=40), batch_size=4,
                               lr=LrSchedule(5e-3, Schedule.CONSTANT))
     base = _config(tiny_scene, out, stages=(Stage.COORDS,), max_frames=4, coords=coords,
                    use_depth=use_depth)
@@ -276,7 +284,7 @@ def test_score_samples_straddle_threshold():
 def test_stage2_loss_falls(tiny_scene: Path, tmp_path: Path):
     out = tmp_path / 'score'
     train(_config(tiny_scene, out, stages=(Stage.COORDS,), max_frames=4,
-                  coords=CoordStageConfig(budget=Budget(iterations=60), batch_size=4,
+                  coords=_whole_frames(budget=Budget(iterations=60), batch_size=4,
                                           lr=LrSchedule(5e-3, Schedule.CONSTANT))))
     config = _config(tiny_scene, out, stages=(Stage.COORDS, Stage.SCORE), max_frames=4,
                      score=ScoreStageConfig(budget=Budget(iterations=60), batch_size=32,
@@ -364,7 +372,7 @@ def test_e2e_gradients_reach_both_networks(tiny_scene: Path, selection: Selectio
 def test_e2e_stage_runs_and_logs(tiny_scene: Path, tmp_path: Path):
     out = tmp_path / 'e2e'
     config = _config(tiny_scene, out, max_frames=4,
-                     coords=CoordStageConfig(budget=Budget(iterations=20), batch_size=4),
+                     coords=_whole_frames(budget=Budget(iterations=20), batch_size=4),
                      head=HeadStageConfig(budget=Budget(iterations=10), cells_per_step=64),
                      score=ScoreStageConfig(budget=Budget(iterations=10), batch_size=16),
                      e2e=EndToEndStageConfig(budget=Budget(iterations=4), num_hypotheses=32,
@@ -390,7 +398,7 @@ def test_e2e_stage_runs_and_logs(tiny_scene: Path, tmp_path: Path):
 def test_e2e_stage_with_augmentation_and_threshold(tiny_scene: Path, tmp_path: Path):
     out = tmp_path / 'aug'
     config = _config(tiny_scene, out, max_frames=4, inlier_threshold_px=7.0,
-                     coords=CoordStageConfig(budget=Budget(iterations=10), batch_size=4),
+                     coords=_whole_frames(budget=Budget(iterations=10), batch_size=4),
                      stages=(Stage.COORDS, Stage.E2E),
                      e2e=EndToEndStageConfig(budget=Budget(iterations=2), num_hypotheses=16,
                                              augment=True))
@@ -403,7 +411,7 @@ def test_e2e_stage_with_augmentation_and_threshold(tiny_scene: Path, tmp_path: P
 def test_same_seed_same_weights(tiny_scene: Path, tmp_path: Path):
     def run(name: str, seed: int) -> dict:
         cfg = _config(tiny_scene, tmp_path / name, stages=(Stage.COORDS,), max_frames=4,
-                      seed=seed, coords=CoordStageConfig(budget=Budget(iterations=5),
+                      seed=seed, coords=_whole_frames(budget=Budget(iterations=5),
                                                          batch_size=2))
         train(cfg)
         return load_checkpoint(cfg.out_dir / 'checkpoint.pt').coord_net.state_dict()

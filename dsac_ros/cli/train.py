@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help='hold the last this share of every training sequence out of training, '
                         'for the held-out checks and the scoring choice (0: none)')
     p.add_argument('--batch-size', type=int, help='stage 1 batch size')
+    p.add_argument('--crop-fraction', type=float,
+                   help="stage 1: train on a random window of every image, this share of its "
+                        "height and width (1: whole frames; default: the preset's)")
     p.add_argument('--head-copies', type=int,
                    help='head stage: augmented copies of every training frame (camera roll, '
                         "zoom, exposure) buffered besides the frame itself (default: the "
@@ -166,6 +169,8 @@ def config_from_args(args: argparse.Namespace, scene: Path):
         coords = replace(coords, augmentation=AugmentationConfig())
     if args.batch_size:
         coords = replace(coords, batch_size=args.batch_size)
+    if args.crop_fraction is not None:
+        coords = replace(coords, crop_fraction=args.crop_fraction)
     head = config.head
     if args.head_copies is not None:
         head = replace(head, augmented_copies=args.head_copies)

@@ -88,6 +88,10 @@ class Relocalization:
         self.settings = settings
         self._relocalizer = relocalizer
         self._apply_estimator_settings()
+        if hasattr(relocalizer, 'warm_up'):
+            times_ms = relocalizer.warm_up()
+            node.get_logger().info('warm-up: ' + ', '.join(f'{t:.0f}' for t in times_ms)
+                                   + ' ms per frame')
         s = settings
         self._rgbd = bool(s.depth_topic)
         self._pipeline = FramePipeline(relocalizer, expects_depth=self._rgbd)

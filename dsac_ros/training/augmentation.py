@@ -167,6 +167,33 @@ def augment_batch(images_bhw3: Tensor, T_cw_b44: Tensor, K_33: Tensor,
     return AugmentedBatch(images, coords, K_new, T_cw_new)
 
 
+def crop_batch(batch: AugmentedBatch, crop_hw: tuple[int, int], generator: torch.Generator,
+               stride: int = 8) -> AugmentedBatch:
+    """A random window of ``crop_hw`` = (height, width) pixels of every image of ``batch``,
+    its own per image, at a multiple of ``stride`` so that the window's cells are cells of the
+    frame: images and targets are cut, the principal point moves with the window; the pose
+    does not change. A crop as large as the frame returns ``batch`` unchanged."""
+    B, _, H, W = batch.images_b3hw.shape
+    ch, cw = int(crop_hw[0]), int(crop_hw[1])
+    if ch % stride or cw % stride or not (0 < ch <= H and 0 < cw <= W):
+        raise ValueError(f'crop {cw}x{ch} must be a multiple of {stride} within the {W}x{H} frame')
+    if (ch, cw) == (H, W):
+        return batch
+    y0 = stride * torch.randint((H - ch) // stride + 1, (B,), generator=generator)
+    x0 = stride * torch.randint((W - cw) // stride + 1, (B,), generator=generator)
+    images = torch.stack([batch.images_b3hw[b, :, y0[b]:y0[b] + ch, x0[b]:x0[b] + cw]
+                          for b in range(B)])
+    coords = None
+    if batch.coords_b3hw is not None:
+        coords = torch.stack([batch.coords_b3hw[b, :, y0[b] // stride:(y0[b] + ch) // stride,
+                                                x0[b] // stride:(x0[b] + cw) // stride]
+                              for b in range(B)])
+    K = batch.K_b33.clone()
+    K[:, 0, 2] -= x0.double()
+    K[:, 1, 2] -= y0.double()
+    return AugmentedBatch(images, coords, K, batch.T_cw_b44)
+
+
 def _photometric(images: Tensor, generator: torch.Generator, config: AugmentationConfig
                  ) -> Tensor:
     B = images.shape[0]
@@ -206,4 +233,4 @@ def _targets(depth_bhw: Tensor, T_cw_b44: Tensor, K_depth: Tensor, out_to_in_b33
     return points_world.reshape(B, 3, h, w).float()
 
 
-__all__ = ['AugmentationConfig', 'AugmentedBatch', 'augment_batch']
+__all__ = ['AugmentationConfig', 'AugmentedBatch', 'augment_batch', 'crop_batch']

@@ -20,7 +20,7 @@ from dsac_ros.geometry.camera import cell_centers
 from dsac_ros.geometry.scoring import reprojection_errors
 from dsac_ros.geometry.transforms import pose_errors
 from dsac_ros.models.score_net import ScoreNet, ScoreNetConfig
-from dsac_ros.training.augmentation import AugmentationConfig, augment_batch
+from dsac_ros.training.augmentation import AugmentationConfig, augment_batch, crop_batch
 from dsac_ros.training.config import COORD_GRAD_UNIT_M, Stage
 from dsac_ros.training.data import TrainingSet
 from dsac_ros.training.losses import (
@@ -59,19 +59,21 @@ def train_coords(session: Session) -> None:
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr.lr, weight_decay=cfg.weight_decay)
     generator = stage_generator(session, Stage.COORDS)
     has_depth = data.depth_bhw is not None
+    crop_hw = cfg.crop_size(data.image_size, net.stride)
     # fp16 autocast (older GPUs) needs loss scaling against gradient underflow; bf16 does not.
     scaler = torch.amp.GradScaler(runtime.device.type,
                                   enabled=runtime.amp_dtype == torch.float16)
-    _LOG.info('stage coords on rank %d/%d: %d of %d frames (%s), %s, autocast %s, budget %s',
-              runtime.rank, runtime.world_size, len(session.shard), len(data),
-              'depth targets' if has_depth else 'no depth: reprojection init',
-              runtime.device, runtime.amp_dtype, cfg.budget)
+    _LOG.info('stage coords on rank %d/%d: %d of %d frames (%s), windows of %dx%d px, %s, '
+              'autocast %s, budget %s', runtime.rank, runtime.world_size, len(session.shard),
+              len(data), 'depth targets' if has_depth else 'no depth: reprojection init',
+              crop_hw[1], crop_hw[0], runtime.device, runtime.amp_dtype, cfg.budget)
 
     def step_fn(step: int) -> dict[str, float]:
         idx = draw_frames(session, cfg.batch_size, generator)
         batch = augment_batch(data.images_b3hw[idx], data.T_cw_b44[idx], data.K_33, generator,
                               cfg.augmentation, data.depth_bhw[idx] if has_depth else None,
                               data.K_depth_33, net.stride)
+        batch = crop_batch(batch, crop_hw, generator, net.stride)
         images = batch.images_b3hw.to(runtime.device, non_blocking=True)
         if session.config.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
