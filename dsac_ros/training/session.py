@@ -404,13 +404,22 @@ def save_state(session: Session, stage: Stage | None, step: int, elapsed_s: floa
 # Batches
 
 
-def batch_images(session: Session, idx: Tensor) -> Tensor:
-    """(B, 3, H, W) float images in [0, 1] of frames ``idx`` on the device, as recorded."""
-    images = session.data.images_b3hw[idx].to(session.runtime.device, non_blocking=True)
-    images = images.float() / 255.0
-    if session.config.channels_last:
+def device_images(images_b3hw: Tensor, runtime: Runtime, channels_last: bool) -> Tensor:
+    """(B, 3, H, W) images (uint8, or float in [0, 1]) -> float in [0, 1] on the device, in
+    the channels_last layout where the run uses it (uint8 crosses to the device first: a
+    quarter of the bytes)."""
+    images = images_b3hw.to(runtime.device, non_blocking=True)
+    if images.dtype == torch.uint8:
+        images = images.float() / 255.0
+    if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     return images
+
+
+def batch_images(session: Session, idx: Tensor) -> Tensor:
+    """(B, 3, H, W) float images in [0, 1] of frames ``idx`` on the device, as recorded."""
+    return device_images(session.data.images_b3hw[idx], session.runtime,
+                         session.config.channels_last)
 
 
 def draw_frames(session: Session, count: int, generator: torch.Generator) -> Tensor:

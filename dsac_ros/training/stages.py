@@ -35,6 +35,7 @@ from dsac_ros.training.session import (
     Optim,
     Session,
     batch_images,
+    device_images,
     draw_frames,
     model_settings,
     run_loop,
@@ -74,9 +75,7 @@ def train_coords(session: Session) -> None:
                               cfg.augmentation, data.depth_bhw[idx] if has_depth else None,
                               data.K_depth_33, net.stride)
         batch = crop_batch(batch, crop_hw, generator, net.stride)
-        images = batch.images_b3hw.to(runtime.device, non_blocking=True)
-        if session.config.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+        images = device_images(batch.images_b3hw, runtime, session.config.channels_last)
         with runtime.autocast():
             pred = model(images)
         pred = pred.float()
@@ -166,9 +165,8 @@ def buffer_cells(session: Session, max_cells: int, augmented_copies: int = 0,
                                       draw, augmentation,
                                       None if data.depth_bhw is None else data.depth_bhw[idx],
                                       data.K_depth_33, net.stride)
-                images = batch.images_b3hw.to(runtime.device)
-                if session.config.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
+                images = device_images(batch.images_b3hw, runtime,
+                                       session.config.channels_last)
                 coords, T_cw, K = batch.coords_b3hw, batch.T_cw_b44, batch.K_b33
             with runtime.autocast():
                 feats = net.features(images)
@@ -326,9 +324,7 @@ def predict_coordinates(session_or_net: Any, images_b3hw_uint8: Tensor, runtime:
     net.eval()
     out = []
     for start in range(0, images_b3hw_uint8.shape[0], batch_size):
-        x = images_b3hw_uint8[start:start + batch_size].to(runtime.device).float() / 255.0
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = device_images(images_b3hw_uint8[start:start + batch_size], runtime, channels_last)
         with runtime.autocast():
             out.append(net(x).float())
     return torch.cat(out)
@@ -453,9 +449,7 @@ def augmented_batch(session: Session, idx: Tensor, generator: torch.Generator
     data = session.data
     batch = augment_batch(data.images_b3hw[idx], data.T_cw_b44[idx], data.K_33, generator,
                           session.config.e2e.augmentation)
-    images = batch.images_b3hw.to(session.runtime.device)
-    if session.config.channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
+    images = device_images(batch.images_b3hw, session.runtime, session.config.channels_last)
     return images, batch.K_b33, batch.T_cw_b44
 
 
