@@ -29,7 +29,7 @@ from dsac_ros.data.synthetic import (  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split('\n')[0])
     parser.add_argument('--frames', type=int, default=40)
     args = parser.parse_args()
     cv2.setNumThreads(1)

@@ -196,7 +196,7 @@ def run(config: BenchConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     defaults = BenchConfig()
     parser.add_argument('--frames', type=int, default=defaults.frames)
     parser.add_argument('--hypotheses', type=int, default=defaults.hypotheses)

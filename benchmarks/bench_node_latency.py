@@ -190,7 +190,7 @@ def _tiny_model(path: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split('\n')[0])
     p.add_argument('--model', type=Path, default=None)
     p.add_argument('--frames', type=int, default=30)
     p.add_argument('--threads', type=int, default=0, help='torch CPU threads (0: default)')

@@ -36,7 +36,7 @@ def _row(name: str, sel, ms: float, ref_ms: float | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split('\n\n')[0])
     p.add_argument('--checkpoint', nargs='+', type=Path, required=True)
     p.add_argument('--scene', nargs='+', type=Path, required=True)
     p.add_argument('--noise', nargs='+', type=float, default=[0.0, 0.01, 0.02],

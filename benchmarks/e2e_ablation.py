@@ -62,7 +62,7 @@ SHIPPED_MODEL = Path(__file__).resolve().parents[1] / 'dsac_ros' / 'assets' / 'd
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('--out', type=Path, default=Path('ablation_runs'))
     p.add_argument('--scene-cache', type=Path, default=None,

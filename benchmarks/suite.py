@@ -13,11 +13,13 @@ For each scene of ``dsac_ros.data.benchmark_scenes.BENCHMARK_SUITE`` (docs/BENCH
    all --minutes M``; or ``--iterations N``: ``--iterations N`` instead, which a busy CPU does
    not distort) and seed: train, with ``--train-args`` appended;
 3. evaluate: ``dsac_evaluate --checkpoint RUN/model.pt --scene S --selection all
-   --inlier-threshold 5 --out RUN/eval`` (``--eval-args`` appended);
+   --inlier-threshold 5 --out RUN/eval`` (``--eval-args`` appended), and the same for ``RUN/model_componentwise.pt`` (the model before stage e2e, which
+   dsac_train keeps) into ``RUN/eval_componentwise``;
 4. tabulate from every ``RUN/eval/results.json``: % within 5 cm / 5 deg, 10 cm / 10 deg,
    2 cm / 2 deg and median errors per scene, with the distances of the test views to the
-   training views (coverage) and accuracy near / far from them, plus accuracy against the
-   training budget. Markdown on stdout and in ``OUT/<tag>/summary.md``, everything in
+   training views (coverage) and accuracy near / far from them, accuracy against the
+   training budget, and what end-to-end training changed against the componentwise model.
+   Markdown on stdout and in ``OUT/<tag>/summary.md``, everything in
    ``OUT/<tag>/summary.json``.
 
 Resumable: a run whose ``eval/results.json`` exists is skipped; an interrupted training
@@ -69,7 +71,7 @@ class Run:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('--out', type=Path, default=Path('bench_runs'), help='runs and tables')
     p.add_argument('--scene-cache', type=Path, default=None,
@@ -144,16 +146,20 @@ def execute(run: Run, args: argparse.Namespace) -> bool:
     train = [sys.executable, '-m', 'dsac_ros.cli.train', '--scene', str(run.scene_root),
              '--out', str(run.folder), '--stage', 'all', *budget, '--seed', str(run.seed),
              '--no-progress', *shlex.split(args.train_args)]
-    evaluate = [sys.executable, '-m', 'dsac_ros.cli.evaluate', '--checkpoint',
-                str(run.folder / 'model.pt'), '--scene', str(run.scene_root), '--selection',
-                'all', '--inlier-threshold', '5', '--out', str(run.folder / 'eval'),
-                '--no-progress', *shlex.split(args.eval_args)]
+
+    def evaluate(model: str, out: str) -> list[str]:
+        return [sys.executable, '-m', 'dsac_ros.cli.evaluate', '--checkpoint',
+                str(run.folder / model), '--scene', str(run.scene_root), '--selection', 'all',
+                '--inlier-threshold', '5', '--out', str(run.folder / out), '--no-progress',
+                *shlex.split(args.eval_args)]
+
     record = run.folder / 'run.json'
-    described = {'train': train[3:], 'evaluate': evaluate[3:]}
+    described = {'train': train[3:], 'evaluate': evaluate('model.pt', 'eval')[3:]}
     if record.exists() and json.loads(record.read_text()) != described:
         raise SystemExit(f'{run.folder} was started with other arguments '
                          f'({record}); use another --tag or remove the folder')
     if results.exists():
+        _evaluate_componentwise(run, evaluate('model_componentwise.pt', 'eval_componentwise'))
         return True
     run.folder.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps(described, indent=1) + '\n')
@@ -163,28 +169,48 @@ def execute(run: Run, args: argparse.Namespace) -> bool:
             LOGGER.error('training failed: see %s', run.folder / 'train.log')
             return False
         (run.folder / 'train.done').write_text(f'{time.monotonic() - t0:.0f} s\n')
-    if _call(evaluate, run.folder / 'eval.log') != 0:
+    if _call(evaluate('model.pt', 'eval'), run.folder / 'eval.log') != 0:
         LOGGER.error('evaluation failed: see %s', run.folder / 'eval.log')
         return False
+    _evaluate_componentwise(run, evaluate('model_componentwise.pt', 'eval_componentwise'))
     return results.exists()
+
+
+def _evaluate_componentwise(run: Run, command: list[str]) -> None:
+    """Evaluate the run's model before stage e2e once (runs from before dsac_train kept it
+    have none; a failure is logged, the run's own results stand)."""
+    if not (run.folder / 'model_componentwise.pt').exists() or (
+            run.folder / 'eval_componentwise' / 'results.json').exists():
+        return
+    if _call(command, run.folder / 'eval_componentwise.log') != 0:
+        LOGGER.error('evaluation of the componentwise model failed: see %s',
+                     run.folder / 'eval_componentwise.log')
+
+
+def _mode_numbers(results_json: Path) -> dict:
+    """Per selection mode of an evaluation: the % within each threshold and the medians."""
+    scene = json.loads(results_json.read_text())['scenes'][0]
+    return {m: {'within_pct': s['summary']['within_pct'],
+                'median_translation_m': s['summary']['median_translation_m'],
+                'median_rotation_deg': s['summary']['median_rotation_deg']}
+            for m, s in scene['selections'].items()}
 
 
 def run_row(run: Run) -> dict:
     """Numbers of one finished run: per mode the % within each threshold and the medians,
     the best mode (by 5 cm / 5 deg), coverage and the best mode's accuracy per bin."""
     scene = json.loads((run.folder / 'eval' / 'results.json').read_text())['scenes'][0]
-    modes = {m: s['summary'] for m, s in scene['selections'].items()}
+    modes = _mode_numbers(run.folder / 'eval' / 'results.json')
     best = max(modes, key=lambda m: modes[m]['within_pct']['5cm_5deg'])
+    componentwise = run.folder / 'eval_componentwise' / 'results.json'
     coverage = scene.get('coverage') or {}
     by_bin = (coverage.get('accuracy_by_bin') or {}).get(best, {})
     return {
         'scene': run.scene, 'kind': BENCHMARK_SUITE[run.scene].kind.value,
         'budget_kind': run.budget_kind, 'budget': run.budget, 'seed': run.seed,
         'folder': str(run.folder), 'frames': scene['frames'],
-        'modes': {m: {'within_pct': s['within_pct'],
-                      'median_translation_m': s['median_translation_m'],
-                      'median_rotation_deg': s['median_rotation_deg']}
-                  for m, s in modes.items()},
+        'modes': modes,
+        'componentwise_modes': _mode_numbers(componentwise) if componentwise.exists() else None,
         'best_mode': best,
         'coverage': {k: coverage[k] for k in ('nearest_distance_m', 'nearest_angle_deg',
                                               'min_distance_m', 'angle_at_min_distance_deg',
@@ -275,11 +301,48 @@ def tables(rows: list[dict]) -> str:
                    == (kind, budget)]
             cells.append(_pct(sel, None, '5cm_5deg') if sel else '-')
         out.append(f'| {scene} | ' + ' | '.join(cells) + ' |')
+    out.extend(e2e_table(rows, budgets[-1]))
     warnings = [f'- {r["scene"]} ({r["folder"]}): {r["coverage"]["overlap"]["warning"]}'
                 for r in rows if (r['coverage'].get('overlap') or {}).get('warning')]
     if warnings:
         out.append('\n' + '\n'.join(warnings))
     return '\n'.join(out) + '\n'
+
+
+def _shares(rows: list[dict], key: str) -> list[list[float]]:
+    """Per selection mode, the % within 5 cm / 5 deg of each row's ``key`` evaluation."""
+    return [[r[key][m]['within_pct']['5cm_5deg'] for r in rows] for m in MODES]
+
+
+def e2e_table(rows: list[dict], budget: tuple[str, float]) -> list[str]:
+    """Markdown lines: per scene at ``budget``, % within 5 cm / 5 deg per selection mode of
+    the componentwise model (before stage e2e) and of the final one, and the medians (mean
+    over seeds, min-max in brackets); none when no run kept its componentwise model."""
+    pairs = [r for r in rows if r.get('componentwise_modes')
+             and (r['budget_kind'], r['budget']) == budget]
+    if not pairs:
+        return []
+    out = ['\n### End-to-end training against the componentwise model it started from '
+           '(5cm/5° %, RANSAC / SoftAM / DSAC; mean over seeds)\n',
+           '| scene | seeds | componentwise | end-to-end | change | median componentwise | '
+           'median end-to-end |', '|' + '---|' * 7]
+    for scene in dict.fromkeys(r['scene'] for r in pairs):
+        sel = [r for r in pairs if r['scene'] == scene]
+
+        before, after = (_shares(sel, 'componentwise_modes'), _shares(sel, 'modes'))
+        change = [statistics.fmean(a) - statistics.fmean(b) for a, b in zip(after, before)]
+
+        def median(key: str, sel: list[dict] = sel) -> str:
+            cm = _mean_spread([_times(100, r[key]['ransac']['median_translation_m'])
+                               for r in sel], '{:.1f}')
+            return f'{cm} cm (RANSAC)'
+
+        out.append(f'| {scene} | {len(sel)} | '
+                   + ' / '.join(_mean_spread(v, '{:.1f}') for v in before) + ' | '
+                   + ' / '.join(_mean_spread(v, '{:.1f}') for v in after) + ' | '
+                   + ' / '.join(f'{c:+.1f}' for c in change) + ' | '
+                   + f'{median("componentwise_modes")} | {median("modes")} |')
+    return out
 
 
 def write_summary(report: Path, markdown: str, payload: dict) -> Path:

@@ -152,3 +152,6 @@ def test_crop_option(tmp_path):
     assert CoordStageConfig(crop_fraction=0.01).crop_size((240, 320), 8) == (8, 8)
     with pytest.raises(ValueError, match='crop_fraction'):
         CoordStageConfig(crop_fraction=0.0)
+    # A prefix is not taken for the option (argparse would read `--crop` as it silently).
+    with pytest.raises(SystemExit):
+        parse(base + ['--crop', '0.5'])

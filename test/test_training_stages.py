@@ -152,6 +152,7 @@ def test_stage1_loss_falls_and_files(tiny_scene: Path, tmp_path: Path):
     assert 'coords_val_median_m' not in result.validation  # 4 frames: none held out
     for name in ('checkpoint.pt', 'model.pt', 'log.csv', 'curves.png'):
         assert (config.out_dir / name).is_file(), name
+    assert not (config.out_dir / 'model_componentwise.pt').exists()  # no e2e stage to come
     model = load_checkpoint(config.out_dir / 'model.pt')
     assert model.image_size == (64, 80) and model.score_net is None
     raw = read_checkpoint_dict(config.out_dir / 'checkpoint.pt')
@@ -385,6 +386,11 @@ def test_e2e_stage_runs_and_logs(tiny_scene: Path, tmp_path: Path):
     assert all(0.0 <= float(r['aux']) <= 1.0 and float(r['grad']) >= 0 for r in rows)
     model = load_checkpoint(out / 'model.pt')
     assert model.metadata['e2e_selection'] == 'softam'
+    # The model before stage e2e stays beside it: what end-to-end training changed.
+    before = load_checkpoint(out / 'model_componentwise.pt')
+    assert before.metadata['stages_completed'] == 'coords,head,score'
+    assert model.metadata['stages_completed'] == 'coords,head,score,e2e'
+    assert 'e2e_selection' not in before.metadata and before.score_net is not None
     # the estimator settings travel: tau at the image width (the paper's 10 px at 640 px)
     settings = read_model_settings(model.metadata, model.image_size)
     assert settings.inlier_threshold_px == default_inlier_threshold_px(model.image_size[1])

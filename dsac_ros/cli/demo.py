@@ -20,7 +20,7 @@ from dsac_ros.dsac import Scoring
 
 
 def parse_args(argv: list[str] | None = None) -> DemoConfig:
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split('\n')[0])
     p.add_argument('--out', type=Path, default=Path('demo_out'), help='output folder')
     p.add_argument('--model', type=Path, default=None, help='checkpoint (default: shipped)')
     p.add_argument('--frames', type=int, default=0, help='test frames to play (0: all)')

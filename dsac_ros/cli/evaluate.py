@@ -46,7 +46,7 @@ class EvaluateCommand:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog='dsac_evaluate', description=__doc__.split('\n\n')[0],
+        allow_abbrev=False, prog='dsac_evaluate', description=__doc__.split('\n\n')[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('--checkpoint', nargs='+', required=True, type=Path,
                         help='checkpoint file(s): one for all scenes or one per scene')

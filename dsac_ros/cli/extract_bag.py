@@ -33,7 +33,8 @@ DEFAULT_TEST_FRACTION = 0.2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='dsac_extract_bag', description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, prog='dsac_extract_bag', description=__doc__.split('\n')[0])
     parser.add_argument('bag', type=Path)
     parser.add_argument('out_dir', type=Path, help='scene root to create (must not exist)')
     parser.add_argument('--image-topic', required=True, help='Image or CompressedImage')

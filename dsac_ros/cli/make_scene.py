@@ -34,7 +34,8 @@ _OVERRIDES = ('seed', 'width', 'height', 'fx', 'fy', 'train_frames', 'test_frame
 
 def build_parser() -> argparse.ArgumentParser:
     defaults = SyntheticSceneConfig()
-    parser = argparse.ArgumentParser(prog='dsac_make_scene', description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False, prog='dsac_make_scene', description=__doc__.split('\n')[0])
     parser.add_argument('out_dir', type=Path, nargs='?',
                         help='scene root to create (must not exist)')
     parser.add_argument('--benchmark', metavar='NAME', choices=sorted(BENCHMARK_SUITE),

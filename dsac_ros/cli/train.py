@@ -42,7 +42,8 @@ _LOG = logging.getLogger('dsac_train')
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog='dsac_train', description=__doc__.split('\n\n')[0])
+    p = argparse.ArgumentParser(
+        allow_abbrev=False, prog='dsac_train', description=__doc__.split('\n\n')[0])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument('--scene', type=Path, help='scene root in the 7-Scenes layout')
     src.add_argument('--bag', type=Path, help='rosbag2 / ROS 1 bag to extract and train on')

@@ -204,7 +204,7 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def parse_args(argv: list[str] | None = None) -> PlayerConfig:
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split('\n')[0])
     p.add_argument('scene_root', type=Path)
     p.add_argument('--split', default='test', choices=('train', 'test'))
     p.add_argument('--rate', type=float, default=15.0, help='frames per second')

@@ -106,7 +106,7 @@ def record(config: RecorderConfig) -> int:
 
 
 def parse_args(argv: list[str] | None = None) -> RecorderConfig:
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split('\n')[0])
     p.add_argument('out', type=Path, help='output JSON file')
     p.add_argument('--topic', default='/camera_pose')
     p.add_argument('--count', type=int, default=0, help='stop after N poses (0: no limit)')

@@ -219,7 +219,7 @@ def _replay(node, config: ReplayConfig) -> int:
 
 
 def parse_args(argv: list[str] | None = None) -> ReplayConfig:
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split('\n')[0])
     p.add_argument('bag', type=Path, help='rosbag2 folder / file (sqlite3, mcap) or ROS 1 .bag')
     p.add_argument('--rate', type=float, default=1.0, help='playback speed (1: real time)')
     p.add_argument('--topics', nargs='+', default=(),

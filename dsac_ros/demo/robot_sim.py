@@ -206,7 +206,7 @@ def _stamp(ns: int):
 
 
 def parse_args(argv: list[str] | None = None) -> RobotSimConfig:
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split('\n')[0])
     p.add_argument('scene_root', type=Path)
     p.add_argument('--split', default='test', choices=('train', 'test'))
     p.add_argument('--rate', type=float, default=2.0, help='camera frames per second')

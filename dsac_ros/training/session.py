@@ -46,6 +46,7 @@ _LOG = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = 'checkpoint.pt'
 MODEL_NAME = 'model.pt'
+COMPONENTWISE_MODEL_NAME = 'model_componentwise.pt'  # the model before stage e2e
 LOG_NAME = 'log.csv'
 CURVES_NAME = 'curves.png'
 _LOG_FIELDS = ('stage', 'step', 'elapsed_s', 'lr', 'loss', 'aux', 'grad')
@@ -146,7 +147,7 @@ def open_session(config: TrainConfig, runtime: Runtime) -> Session:
               'sequence)', n, len(validation), 100 * config.validation_fraction)
     ckpt_path = config.out_dir / CHECKPOINT_NAME
     if runtime.is_main:
-        for name in (CHECKPOINT_NAME, MODEL_NAME):
+        for name in (CHECKPOINT_NAME, MODEL_NAME, COMPONENTWISE_MODEL_NAME):
             for stale in remove_stale_temporaries(config.out_dir / name):
                 _LOG.info('removed %s, left by a run killed while writing', stale)
     resume = None

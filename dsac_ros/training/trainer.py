@@ -7,7 +7,9 @@
   ``checkpoint_seconds``, at each stage end and on SIGINT / SIGTERM. A rerun with the same
   ``out_dir`` resumes from it (completed stages are skipped, the running one continues at its
   saved step, so at most one interval is lost).
-* ``model.pt``: slim inference file (float16 weights, no training state), after each stage.
+* ``model.pt``: slim inference file (float16 weights, no training state), after each stage;
+  ``model_componentwise.pt`` the same before stage e2e, when it is to run, so that every run
+  can show what end-to-end training changed (``dsac_evaluate`` on both files).
 * ``log.csv`` (stage, step, elapsed_s, lr, loss, aux) and ``curves.png``.
 
 Under torchrun (WORLD_SIZE > 1) every rank trains on its own shard of the frames with its own
@@ -26,6 +28,7 @@ from dsac_ros.training.config import Stage, TrainConfig
 from dsac_ros.training.runtime import num_threads, setup_runtime, teardown_runtime
 from dsac_ros.training.session import (
     CHECKPOINT_NAME,
+    COMPONENTWISE_MODEL_NAME,
     CURVES_NAME,
     LOG_NAME,
     MODEL_NAME,
@@ -91,16 +94,18 @@ def _run(session: Session) -> TrainResult:
         session.resume = None
         if session.runtime.is_main:
             save_state(session, stage=None, step=0, elapsed_s=0.0, optimizers={}, generator=None)
-            _save_model(session)
+            _save_model(session, MODEL_NAME)
+            if Stage.E2E in config.stages and Stage.E2E.value not in session.completed:
+                _save_model(session, COMPONENTWISE_MODEL_NAME)
             plot_curves(config.out_dir / LOG_NAME, config.out_dir / CURVES_NAME)
         barrier(session.runtime)
     if not (config.out_dir / MODEL_NAME).exists() and session.runtime.is_main:
-        _save_model(session)
+        _save_model(session, MODEL_NAME)
     return session.result
 
 
-def _save_model(session: Session) -> None:
-    """model.pt: float16 weights for inference, no training state (rank 0 only)."""
-    save_checkpoint(session.out / MODEL_NAME, session.coord_net, session.score_net,
+def _save_model(session: Session, name: str) -> None:
+    """An inference file (model.pt): float16 weights, no training state (rank 0 only)."""
+    save_checkpoint(session.out / name, session.coord_net, session.score_net,
                     session.data.K_33, session.data.image_size, metadata=metadata(session),
                     half=True)
