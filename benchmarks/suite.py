@@ -13,8 +13,9 @@ For each scene of ``dsac_ros.data.benchmark_scenes.BENCHMARK_SUITE`` (docs/BENCH
    all --minutes M``; or ``--iterations N``: ``--iterations N`` instead, which a busy CPU does
    not distort) and seed: train, with ``--train-args`` appended;
 3. evaluate: ``dsac_evaluate --checkpoint RUN/model.pt --scene S --selection all
-   --inlier-threshold 5 --out RUN/eval`` (``--eval-args`` appended), and the same for ``RUN/model_componentwise.pt`` (the model before stage e2e, which
-   dsac_train keeps) into ``RUN/eval_componentwise``;
+   --inlier-threshold 5 --out RUN/eval`` (``--eval-args`` appended), and the same for
+   ``RUN/model_componentwise.pt`` (the model before stage e2e, which dsac_train keeps) into
+   ``RUN/eval_componentwise``;
 4. tabulate from every ``RUN/eval/results.json``: % within 5 cm / 5 deg, 10 cm / 10 deg,
    2 cm / 2 deg and median errors per scene, with the distances of the test views to the
    training views (coverage) and accuracy near / far from them, accuracy against the

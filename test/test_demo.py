@@ -30,7 +30,12 @@ def test_demo_runs_and_reports(ros_env, model_path, tmp_path):  # noqa: F811
     diag = summary['node_diagnostics']
     received = int(diag['frames_received'])
     assert 22 <= received <= 24  # reliable on loopback; see test_player_node_recorder_pipeline
-    assert int(diag['frames_processed']) + int(diag['frames_dropped']) == received
+    # Every frame is processed, dropped for a newer one or left without a camera_info; one may
+    # still be in the worker or waiting for its camera_info when the last /diagnostics left
+    # (seen once in CI: 23 received, 14 processed + 8 dropped).
+    accounted = sum(int(diag[k]) for k in ('frames_processed', 'frames_dropped',
+                                           'frames_unmatched'))
+    assert received - 1 <= accounted <= received, diag
     image = cv2.imread(str(out / 'trajectory_top_view.png'))
     assert image is not None and image.shape[0] > 200 and image.shape[1] > 200
     for name in ('gt.json', 'poses.json', 'logs/node.log', 'logs/player.log'):
