@@ -188,9 +188,14 @@ def _evaluate_componentwise(run: Run, command: list[str]) -> None:
                      run.folder / 'eval_componentwise.log')
 
 
-def _mode_numbers(results_json: Path) -> dict:
-    """Per selection mode of an evaluation: the % within each threshold and the medians."""
-    scene = json.loads(results_json.read_text())['scenes'][0]
+def _scene_results(results_json: Path) -> dict:
+    """The (only) scene entry of an evaluation's results.json."""
+    return json.loads(results_json.read_text())['scenes'][0]
+
+
+def _mode_numbers(scene: dict) -> dict:
+    """Per selection mode of a scene's evaluation: the % within each threshold and the
+    medians."""
     return {m: {'within_pct': s['summary']['within_pct'],
                 'median_translation_m': s['summary']['median_translation_m'],
                 'median_rotation_deg': s['summary']['median_rotation_deg']}
@@ -200,8 +205,8 @@ def _mode_numbers(results_json: Path) -> dict:
 def run_row(run: Run) -> dict:
     """Numbers of one finished run: per mode the % within each threshold and the medians,
     the best mode (by 5 cm / 5 deg), coverage and the best mode's accuracy per bin."""
-    scene = json.loads((run.folder / 'eval' / 'results.json').read_text())['scenes'][0]
-    modes = _mode_numbers(run.folder / 'eval' / 'results.json')
+    scene = _scene_results(run.folder / 'eval' / 'results.json')
+    modes = _mode_numbers(scene)
     best = max(modes, key=lambda m: modes[m]['within_pct']['5cm_5deg'])
     componentwise = run.folder / 'eval_componentwise' / 'results.json'
     coverage = scene.get('coverage') or {}
@@ -211,7 +216,8 @@ def run_row(run: Run) -> dict:
         'budget_kind': run.budget_kind, 'budget': run.budget, 'seed': run.seed,
         'folder': str(run.folder), 'frames': scene['frames'],
         'modes': modes,
-        'componentwise_modes': _mode_numbers(componentwise) if componentwise.exists() else None,
+        'componentwise_modes': (_mode_numbers(_scene_results(componentwise))
+                                if componentwise.exists() else None),
         'best_mode': best,
         'coverage': {k: coverage[k] for k in ('nearest_distance_m', 'nearest_angle_deg',
                                               'min_distance_m', 'angle_at_min_distance_deg',
@@ -315,6 +321,13 @@ def _shares(rows: list[dict], key: str) -> list[list[float]]:
     return [[r[key][m]['within_pct']['5cm_5deg'] for r in rows] for m in MODES]
 
 
+def _ransac_median_cm(rows: list[dict], key: str) -> str:
+    """The RANSAC median translation (cm) of each row's ``key`` evaluation, mean (min-max)."""
+    cm = _mean_spread([_times(100, r[key]['ransac']['median_translation_m']) for r in rows],
+                      '{:.1f}')
+    return f'{cm} cm (RANSAC)'
+
+
 def e2e_table(rows: list[dict], budget: tuple[str, float]) -> list[str]:
     """Markdown lines: per scene at ``budget``, % within 5 cm / 5 deg per selection mode of
     the componentwise model (before stage e2e) and of the final one, and the medians (mean
@@ -329,20 +342,14 @@ def e2e_table(rows: list[dict], budget: tuple[str, float]) -> list[str]:
            'median end-to-end |', '|' + '---|' * 7]
     for scene in dict.fromkeys(r['scene'] for r in pairs):
         sel = [r for r in pairs if r['scene'] == scene]
-
-        before, after = (_shares(sel, 'componentwise_modes'), _shares(sel, 'modes'))
+        before, after = _shares(sel, 'componentwise_modes'), _shares(sel, 'modes')
         change = [statistics.fmean(a) - statistics.fmean(b) for a, b in zip(after, before)]
-
-        def median(key: str, sel: list[dict] = sel) -> str:
-            cm = _mean_spread([_times(100, r[key]['ransac']['median_translation_m'])
-                               for r in sel], '{:.1f}')
-            return f'{cm} cm (RANSAC)'
-
         out.append(f'| {scene} | {len(sel)} | '
                    + ' / '.join(_mean_spread(v, '{:.1f}') for v in before) + ' | '
                    + ' / '.join(_mean_spread(v, '{:.1f}') for v in after) + ' | '
                    + ' / '.join(f'{c:+.1f}' for c in change) + ' | '
-                   + f'{median("componentwise_modes")} | {median("modes")} |')
+                   + f'{_ransac_median_cm(sel, "componentwise_modes")} | '
+                   + f'{_ransac_median_cm(sel, "modes")} |')
     return out
 
 
