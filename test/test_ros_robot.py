@@ -259,6 +259,11 @@ def test_tf_tree_stays_a_tree_and_stamps_follow_the_clock(robot_run):
         parents.setdefault(t.child_frame_id, set()).add(t.header.frame_id)
     assert all(len(p) == 1 for p in parents.values()), parents
     assert parents.get('base_link') == {'odom'}
+    # The robot's odometry stamps only go forward, as a real robot's do (the simulator once
+    # sent each image's odometry sample after a later one).
+    base_stamps = [messages.stamp_to_ns(t.header.stamp) for static, t in checker.tf
+                   if not static and t.child_frame_id == 'base_link']
+    assert base_stamps and all(a <= b for a, b in zip(base_stamps, base_stamps[1:]))
     # The node sends map -> odom and nothing else (no second parent for the camera).
     sent_by_node = {t.child_frame_id for _, t in checker.tf if t.header.frame_id == 'map'}
     assert sent_by_node <= {'odom'}
