@@ -41,6 +41,7 @@ from dsac_ros.training.config import (
 )
 from dsac_ros.training.data import load_training_set, validation_split
 from dsac_ros.training.losses import (
+    guarded_reprojection_loss,
     perturb_poses,
     reprojection_init_loss,
     reprojection_init_terms,
@@ -226,10 +227,38 @@ def test_head_stage_fits_the_frames_with_the_encoder_frozen(tiny_scene: Path, tm
     data = load_training_set(tiny_scene, 'train', max_frames=4)
     (m_before, px_before), (m_after, px_after) = _coord_error(before, data), _coord_error(
         after, data)
-    if use_depth:
+    if use_depth:  # metres for the first half of the budget, then pixels
         assert m_after < 0.7 * m_before, (m_before, m_after)
-    else:
-        assert px_after < 0.7 * px_before, (px_before, px_after)
+    assert px_after < 0.7 * px_before, (px_before, px_after)
+
+
+def test_guarded_reprojection_loss_ignores_errors_along_the_viewing_ray():
+    K = torch.tensor([[100.0, 0.0, 40.0], [0.0, 100.0, 30.0], [0.0, 0.0, 1.0]])
+    T_cw = torch.eye(4)
+    T_cw[:3, 3] = torch.tensor([0.1, -0.2, 0.3])  # world -> camera
+    pix = torch.tensor([[12.0, 20.0], [60.0, 44.0], [40.0, 30.0]])
+    depth = torch.tensor([2.0, 3.0, 2.5])
+    rays = torch.cat([(pix - K[:2, 2]) / K[0, 0], torch.ones(3, 1)], dim=1)  # z = 1
+    target = rays * depth[:, None] - T_cw[:3, 3]  # camera -> world (identity rotation)
+    Ts, Ks = T_cw.expand(3, 4, 4), K.expand(3, 3, 3)
+
+    def loss(pred):
+        return guarded_reprojection_loss(pred, target, pix, Ts, Ks, guard_m=0.3,
+                                         metres_per_px=0.01, clamp_px=50.0)
+
+    value, dist = loss(target.clone())
+    assert value < 1e-4 and dist.max() < 1e-6
+    # 20 cm along each cell's ray: within the guard, and PnP cannot see it.
+    along = rays * (depth + 0.2)[:, None] - T_cw[:3, 3]
+    value, dist = loss(along)
+    assert value < 1e-4 and torch.all(dist > 0.19)
+    # 2 cm sideways in x at depths 2 / 3 / 2.5 m: 1 / 0.667 / 0.8 px, a hundredth each.
+    sideways = target + torch.tensor([0.02, 0.0, 0.0])
+    value, _ = loss(sideways)
+    assert value == pytest.approx(0.01 * (1.0 + 0.02 * 100 / 3 + 0.8) / 3, rel=1e-3)
+    # Beyond the guard the loss is the distance in metres (here 0.5 m for every cell).
+    value, _ = loss(target + torch.tensor([0.0, 0.0, 0.5]))
+    assert value == pytest.approx(0.5, rel=1e-4)
 
 
 def test_cell_buffer_holds_the_encoder_features_of_the_frames_cells(tiny_scene: Path,

@@ -95,6 +95,31 @@ def reprojection_init_terms(y_bm3: Tensor, pix_bm2: Tensor, T_cw_b44: Tensor, K_
     return per_point, torch.where(good, err, torch.full_like(err, clamp_px)).detach()
 
 
+def guarded_reprojection_loss(pred_m3: Tensor, target_m3: Tensor, pix_m2: Tensor,
+                              T_cw_m44: Tensor, K_m33: Tensor, guard_m: float,
+                              metres_per_px: float, clamp_px: float) -> tuple[Tensor, Tensor]:
+    """Reprojection loss for cells that also have a depth target (the head stage's second
+    phase, `HeadStageConfig.reprojection_share`).
+
+    A cell whose prediction lies within ``guard_m`` of its depth target contributes its
+    reprojection error (pixels, from `reprojection_init_terms` with ``clamp_px``) times
+    ``metres_per_px``; any other cell its distance to the target in metres, which pulls it back
+    into the guard. Errors along the viewing ray then cost nothing, as they cost PnP nothing.
+
+    Args:
+        pred_m3: (M, 3) predicted world coordinates, metres. target_m3: (M, 3) finite depth
+            targets. pix_m2: (M, 2) cell centres (pixels). T_cw_m44 (M, 4, 4) / K_m33 (M, 3, 3):
+            each cell's camera.
+    Returns:
+        (scalar loss, (M,) distance to the target in metres, detached).
+    """
+    dist = (pred_m3.float() - target_m3.float()).norm(dim=1)
+    per_cell, _ = reprojection_init_terms(pred_m3[:, None], pix_m2[:, None], T_cw_m44, K_m33,
+                                          clamp_px=clamp_px)
+    loss = torch.where(dist < guard_m, per_cell[:, 0] * metres_per_px, dist)
+    return loss.mean(), dist.detach()
+
+
 def perturb_poses(T_cw_b44: Tensor, generator: torch.Generator | None,
                   min_magnitude: float = 1.0, max_magnitude: float = 30.0) -> Tensor:
     """Poses around the ground truth for score regression, some within 5 deg / 5 cm, some

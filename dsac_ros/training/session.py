@@ -216,8 +216,10 @@ def stage_generator(session: Session, stage: Stage) -> torch.Generator:
 
 
 def run_loop(session: Session, stage: Stage, budget: Budget, optims: list[Optim],
-          generator: torch.Generator, step_fn: Callable[[int], dict[str, float]]) -> None:
-    """Run ``step_fn`` until the budget is spent; schedules, logging, checkpoints, signals."""
+          generator: torch.Generator,
+          step_fn: Callable[[int, float], dict[str, float]]) -> None:
+    """Run ``step_fn(step, progress)`` until the budget is spent (progress: the fraction of
+    it used, `Budget.progress`); schedules, logging, checkpoints, signals."""
     config, runtime = session.config, session.runtime
     step, elapsed = 0, 0.0
     resume = session.resume if (session.resume or {}).get('stage') == stage.value else None
@@ -250,7 +252,7 @@ def run_loop(session: Session, stage: Stage, budget: Budget, optims: list[Optim]
                 for group in o.optimizer.param_groups:
                     group['lr'] = lr
                 lrs.append(lr)
-            metrics = step_fn(step)
+            metrics = step_fn(step, progress)
             step += 1
             now = time.monotonic()
             elapsed += now - t_last

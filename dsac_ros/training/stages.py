@@ -25,6 +25,7 @@ from dsac_ros.training.config import COORD_GRAD_UNIT_M, Stage
 from dsac_ros.training.data import TrainingSet
 from dsac_ros.training.losses import (
     coordinate_loss,
+    guarded_reprojection_loss,
     perturb_poses,
     reprojection_init_loss,
     reprojection_init_terms,
@@ -69,7 +70,7 @@ def train_coords(session: Session) -> None:
               len(data), 'depth targets' if has_depth else 'no depth: reprojection init',
               crop_hw[1], crop_hw[0], runtime.device, runtime.amp_dtype, cfg.budget)
 
-    def step_fn(step: int) -> dict[str, float]:
+    def step_fn(step: int, progress: float) -> dict[str, float]:
         idx = draw_frames(session, cfg.batch_size, generator)
         batch = augment_batch(data.images_b3hw[idx], data.T_cw_b44[idx], data.K_33, generator,
                               cfg.augmentation, data.depth_bhw[idx] if has_depth else None,
@@ -196,7 +197,8 @@ def buffer_cells(session: Session, max_cells: int, augmented_copies: int = 0,
 def train_head(session: Session) -> None:
     """Stage 1b (`HeadStageConfig`): the head of the frozen-encoder coordinate net on random
     buffered cells of all training frames; the loss of stage 1 (metres with depth,
-    reprojection pixels without)."""
+    reprojection pixels without), with depth for the first ``1 - reprojection_share`` of the
+    budget, then the guarded reprojection loss."""
     cfg, runtime = session.config.head, session.runtime
     net = session.coord_net
     buffer = buffer_cells(session, cfg.max_buffer_cells, cfg.augmented_copies,
@@ -215,10 +217,18 @@ def train_head(session: Session) -> None:
               'depth targets' if buffer.target_n3 is not None else 'reprojection',
               cfg.cells_per_step, cfg.budget)
 
-    def step_fn(step: int) -> dict[str, float]:
+    def step_fn(step: int, progress: float) -> dict[str, float]:
         pick = torch.randint(len(buffer), (cfg.cells_per_step,), generator=generator)
         pred = net.regress_cells(buffer.features_nc[pick].to(runtime.device))  # (M, 3) m
-        if buffer.target_n3 is not None:
+        if buffer.target_n3 is not None and progress >= 1.0 - cfg.reprojection_share:
+            view = buffer.view_n[pick]
+            loss, dist = guarded_reprojection_loss(
+                pred, buffer.target_n3[pick].to(runtime.device),
+                buffer.pixel_n2[pick].to(runtime.device), buffer.T_cw_v44[view].to(runtime.device),
+                buffer.K_v33[view].to(runtime.device), cfg.reprojection_guard_m,
+                cfg.metres_per_px, cfg.reprojection_clamp_px)
+            aux = float(dist.median())
+        elif buffer.target_n3 is not None:
             target = buffer.target_n3[pick].to(runtime.device)
             # (M, 3) as a (1, 3, M, 1) image: the loss of stage 1.
             loss = coordinate_loss(pred.t()[None, :, :, None], target.t()[None, :, :, None])
@@ -352,7 +362,7 @@ def train_score(session: Session) -> None:
     max_error = EstimatorConfig().max_reprojection_error_px
     _LOG.info('stage score: %d error images per step, budget %s', cfg.batch_size, cfg.budget)
 
-    def step_fn(step: int) -> dict[str, float]:
+    def step_fn(step: int, progress: float) -> dict[str, float]:
         local = torch.randint(len(session.shard), (cfg.batch_size,), generator=generator)
         T_gt = data.T_cw_b44[session.shard[local]]  # float64, CPU
         T_h = perturb_poses(T_gt, generator, cfg.min_perturbation, cfg.max_perturbation)
@@ -496,7 +506,7 @@ def train_e2e(session: Session) -> None:
               'soft inliers' if score_net is None else 'Score CNN',
               'augmented' if cfg.augment else 'no augmentation', cfg.budget)
 
-    def step_fn(step: int) -> dict[str, float]:
+    def step_fn(step: int, progress: float) -> dict[str, float]:
         idx = draw_frames(session, cfg.frames_per_step, generator)
         if cfg.augment:
             images, K_b33, T_cw = augmented_batch(session, idx, generator)
