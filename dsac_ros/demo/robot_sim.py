@@ -134,9 +134,8 @@ def _drive(node, frames, config: RobotSimConfig) -> int:
     def now_ns() -> int:
         return epoch_ns + int((time.monotonic() - wall_start) * 1e9)
 
-    def publish_odometry(stamp_ns: int | None = None) -> tuple[int, float]:
-        """/clock (sim time) and odom -> base_link now (or at ``stamp_ns``); returns (stamp
-        ns, seconds in)."""
+    def publish_odometry(stamp_ns: int | None = None) -> None:
+        """/clock (sim time) and odom -> base_link now (or at ``stamp_ns``)."""
         stamp_ns = now_ns() if stamp_ns is None else stamp_ns
         t_s = (stamp_ns - epoch_ns) / 1e9
         if clock_pub is not None:
@@ -146,7 +145,6 @@ def _drive(node, frames, config: RobotSimConfig) -> int:
         T_odom_base = invert_se3_np(map_to_odom(t_s)) @ trajectory.at(t_s)
         tf_pub.publish(TFMessage(transforms=[transform_stamped(
             T_odom_base, _stamp(stamp_ns), config.odom_frame, config.base_frame)]))
-        return stamp_ns, t_s
 
     static = transform_stamped(T_base_camera, _stamp(epoch_ns), config.base_frame,
                                config.camera_frame)

@@ -217,30 +217,32 @@ def train_head(session: Session) -> None:
               'depth targets' if buffer.target_n3 is not None else 'reprojection',
               cfg.cells_per_step, cfg.budget)
 
+    def cell_cameras(pick: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(M, 2) pixels, (M, 4, 4) T_cw and (M, 3, 3) K of the picked cells, on the device."""
+        view = buffer.view_n[pick]
+        return (buffer.pixel_n2[pick].to(runtime.device),
+                buffer.T_cw_v44[view].to(runtime.device), buffer.K_v33[view].to(runtime.device))
+
     def step_fn(step: int, progress: float) -> dict[str, float]:
         pick = torch.randint(len(buffer), (cfg.cells_per_step,), generator=generator)
         pred = net.regress_cells(buffer.features_nc[pick].to(runtime.device))  # (M, 3) m
-        if buffer.target_n3 is not None and progress >= 1.0 - cfg.reprojection_share:
-            view = buffer.view_n[pick]
+        if buffer.target_n3 is None:
+            pix, T_cw, K = cell_cameras(pick)
+            per_cell, err = reprojection_init_terms(
+                pred[:, None], pix[:, None], T_cw, K,
+                clamp_px=coords_cfg.reprojection_clamp_px, min_depth_m=coords_cfg.min_depth_m,
+                depth_prior_m=coords_cfg.depth_prior_m)
+            loss, aux = per_cell.mean(), float(err.median())
+        elif progress >= 1.0 - cfg.reprojection_share:
             loss, dist = guarded_reprojection_loss(
-                pred, buffer.target_n3[pick].to(runtime.device),
-                buffer.pixel_n2[pick].to(runtime.device), buffer.T_cw_v44[view].to(runtime.device),
-                buffer.K_v33[view].to(runtime.device), cfg.reprojection_guard_m,
-                cfg.metres_per_px, cfg.reprojection_clamp_px)
+                pred, buffer.target_n3[pick].to(runtime.device), *cell_cameras(pick),
+                cfg.reprojection_guard_m, cfg.metres_per_px, cfg.reprojection_clamp_px)
             aux = float(dist.median())
-        elif buffer.target_n3 is not None:
+        else:
             target = buffer.target_n3[pick].to(runtime.device)
             # (M, 3) as a (1, 3, M, 1) image: the loss of stage 1.
             loss = coordinate_loss(pred.t()[None, :, :, None], target.t()[None, :, :, None])
             aux = float((pred.detach() - target).norm(dim=1).median())
-        else:
-            view = buffer.view_n[pick]
-            per_cell, err = reprojection_init_terms(
-                pred[:, None], buffer.pixel_n2[pick, None].to(runtime.device),
-                buffer.T_cw_v44[view].to(runtime.device), buffer.K_v33[view].to(runtime.device),
-                clamp_px=coords_cfg.reprojection_clamp_px, min_depth_m=coords_cfg.min_depth_m,
-                depth_prior_m=coords_cfg.depth_prior_m)
-            loss, aux = per_cell.mean(), float(err.median())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         all_reduce_mean_([p.grad for p in head_params if p.grad is not None], runtime)
