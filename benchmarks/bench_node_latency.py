@@ -47,7 +47,7 @@ from sensor_msgs.msg import CameraInfo, Image
 
 from dsac_ros.demo.dds_env import loopback_dds_env
 from dsac_ros.ros import messages
-from dsac_ros.ros.node import RelocalizeNode, default_model_path
+from dsac_ros.ros.node import GIL_SWITCH_INTERVAL_S, RelocalizeNode, default_model_path
 
 PARTS = ('transport', 'queue', 'decode', 'preprocess', 'network', 'estimator', 'tf', 'publish',
          'total')
@@ -197,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     # DDS reads these when the participants are created (rclpy.init), not at import.
     os.environ.update(loopback_dds_env(base=os.environ))
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)  # as the relocalize_node executable runs
     import torch
 
     model = a.model or default_model_path()

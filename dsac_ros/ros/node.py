@@ -72,6 +72,13 @@ __all__ = ['DIAGNOSTIC_NAME', 'NODE_NAME', 'RelocalizeNode', 'default_model_path
            'load_relocalizer', 'main']
 
 NODE_NAME = 'relocalize_node'
+# The executor's threads and the inference worker share the GIL. At Python's default 5 ms
+# switch interval the worker's torch ops each waited for the executor, which rebuilds its wait
+# set at every wake-up (~3 per message): under a 30 Hz flood of 640x480 frames on a 2-core CPU
+# network and estimator grew from 60 / 32 ms to 0.5-1.4 / 0.4-2.0 s per frame, stamp ->
+# publish max 2756 ms, 10 of 121 received frames processed. At 0.5 ms: max 185-342 ms, ~100 of
+# 301 processed (test_ros_node_flood, py-spy --gil).
+GIL_SWITCH_INTERVAL_S = 0.0005
 
 
 def default_model_path() -> Path:
@@ -192,6 +199,7 @@ def main(args: list[str] | None = None) -> int:
 def run_node(node_class, args: list[str] | None = None) -> int:
     """Creates ``node_class()`` and spins it until Ctrl-C / shutdown; 0 on a normal end, 2 when
     the node cannot start (the reason logged)."""
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     rclpy.init(args=args)
     try:
         node = node_class()
