@@ -23,6 +23,7 @@ from dsac_ros.models.checkpoint import load_checkpoint, read_checkpoint_dict
 from dsac_ros.models.scene_coordinate_net import SceneCoordinateNet, SceneCoordinateNetConfig
 from dsac_ros.models.score_net import ScoreNet, ScoreNetConfig
 from dsac_ros.relocalizer import Relocalizer, RelocalizerConfig
+from dsac_ros.training.augmentation import AugmentationConfig, augment_batch, crop_batch
 from dsac_ros.training.config import (
     COORD_GRAD_UNIT_M,
     Budget,
@@ -31,6 +32,7 @@ from dsac_ros.training.config import (
     HeadStageConfig,
     LrSchedule,
     Precision,
+    ReprojectionPhase,
     Schedule,
     ScoreStageConfig,
     Stage,
@@ -49,7 +51,11 @@ from dsac_ros.training.losses import (
 )
 from dsac_ros.training.runtime import Runtime, setup_runtime
 from dsac_ros.training.session import open_session
-from dsac_ros.training.stages import buffer_cells, end_to_end_loss
+from dsac_ros.training.stages import (
+    _guarded_reprojection_on_frames,
+    buffer_cells,
+    end_to_end_loss,
+)
 from dsac_ros.training.trainer import train
 
 torch.set_num_threads(1)
@@ -243,8 +249,8 @@ def test_guarded_reprojection_loss_ignores_errors_along_the_viewing_ray():
     Ts, Ks = T_cw.expand(3, 4, 4), K.expand(3, 3, 3)
 
     def loss(pred):
-        return guarded_reprojection_loss(pred, target, pix, Ts, Ks, guard_m=0.3,
-                                         metres_per_px=0.01, clamp_px=50.0)
+        return guarded_reprojection_loss(pred, target, pix, Ts, Ks, ReprojectionPhase(
+            guard_m=0.3, metres_per_px=0.01, clamp_px=50.0))
 
     value, dist = loss(target.clone())
     assert value < 1e-4 and dist.max() < 1e-6
@@ -259,6 +265,51 @@ def test_guarded_reprojection_loss_ignores_errors_along_the_viewing_ray():
     # Beyond the guard the loss is the distance in metres (here 0.5 m for every cell).
     value, _ = loss(target + torch.tensor([0.0, 0.0, 0.5]))
     assert value == pytest.approx(0.5, rel=1e-4)
+
+
+def test_stage1_reprojection_phase_sees_the_windows_cameras(tiny_scene: Path):
+    """The stage-1 loss of the reprojection phase on rolled, zoomed and cropped frames: the
+    cells' pixels and cameras must match the window's, or exact targets would cost pixels."""
+    data = load_training_set(tiny_scene, 'train', max_frames=4)
+    draw = torch.Generator().manual_seed(3)
+    batch = augment_batch(data.images_b3hw, data.T_cw_b44, data.K_33, draw,
+                          AugmentationConfig(), data.depth_bhw, data.K_depth_33, 8)
+    batch = crop_batch(batch, (48, 56), draw, 8)
+    target = batch.coords_b3hw
+    phase = ReprojectionPhase(share=0.5)
+
+    def loss(pred):
+        return _guarded_reprojection_on_frames(pred, target, batch.T_cw_b44, batch.K_b33, 8,
+                                               phase)
+
+    value, dist = loss(target.clone())
+    assert int(torch.isfinite(target).all(dim=1).sum()) == dist.numel() > 20
+    assert value < 1e-5 and dist.max() < 1e-5
+    # 10 cm further along every cell's viewing ray: not a pixel off.
+    centre_b3 = torch.linalg.inv(batch.T_cw_b44)[:, :3, 3].float()[:, :, None, None]
+    ray = target - centre_b3
+    value, dist = loss(target + 0.1 * ray / ray.norm(dim=1, keepdim=True))
+    assert value < 1e-4 and dist.min() > 0.099
+    # Sideways it costs pixels; beyond the guard, metres.
+    assert loss(target + torch.tensor([0.03, 0.0, 0.0])[:, None, None])[0] > 1e-3
+    far, _ = loss(target + torch.tensor([0.0, 0.5, 0.0])[:, None, None])
+    assert far == pytest.approx(0.5, rel=1e-4)
+    assert phase.active(0.5) and not phase.active(0.49)
+    assert not ReprojectionPhase().active(1.0)  # share 0: metres to the end
+
+
+def test_stage1_with_a_reprojection_phase_fits_the_frames(tiny_scene: Path, tmp_path: Path):
+    coords = _whole_frames(budget=Budget(iterations=60), batch_size=4,
+                           lr=LrSchedule(5e-3, Schedule.CONSTANT),
+                           reprojection=ReprojectionPhase(share=0.5))
+    config = _config(tiny_scene, tmp_path / 'run', stages=(Stage.COORDS,), max_frames=4,
+                     coords=coords)
+    data = load_training_set(tiny_scene, 'train', max_frames=4)
+    fresh = SceneCoordinateNet(SMALL_NET)
+    train(config)
+    net = load_checkpoint(config.out_dir / 'model.pt').coord_net
+    (_, px_before), (_, px_after) = _coord_error(fresh, data), _coord_error(net, data)
+    assert px_after < 0.5 * px_before, (px_before, px_after)
 
 
 def test_cell_buffer_holds_the_encoder_features_of_the_frames_cells(tiny_scene: Path,

@@ -225,7 +225,10 @@ def _targets(depth_bhw: Tensor, T_cw_b44: Tensor, K_depth: Tensor, out_to_in_b33
     iu, iv = iu.clamp(0, W - 1), iv.clamp(0, H - 1)
     d = depth_bhw[torch.arange(B)[:, None], iv, iu].double()
     valid = inside & torch.isfinite(d) & (d > 0)
-    pix = torch.stack([iu.double(), iv.double(), torch.ones_like(d)], dim=1)  # (B, 3, M)
+    # The nearest depth pixel's depth (no interpolation across depth edges), on the exact ray
+    # of the cell centre: the target reprojects onto the centre; the rounding only moves it
+    # along the ray, which PnP does not see.
+    pix = torch.stack([su.expand_as(d), sv.expand_as(d), torch.ones_like(d)], dim=1)  # (B,3,M)
     points_cam = (torch.linalg.inv(K_depth) @ pix) * d[:, None]
     R_wc = T_cw_b44[:, :3, :3].transpose(1, 2)
     points_world = R_wc @ (points_cam - T_cw_b44[:, :3, 3:])

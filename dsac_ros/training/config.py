@@ -121,6 +121,29 @@ class LrSchedule:
 
 
 @dataclass(frozen=True)
+class ReprojectionPhase:
+    """The last ``share`` of a depth-supervised stage's budget trained on the reprojection error
+    instead of the distance in metres (`losses.guarded_reprojection_loss`): cells within
+    ``guard_m`` of their depth target contribute their reprojection error, one pixel weighing
+    ``metres_per_px`` (clamped at ``clamp_px``), the others their distance in metres. Not in
+    the paper; DSAC* and ACE train on the reprojection error for the same reason: a
+    coordinate's error along its viewing ray does not move the pose. share 0: metres only."""
+
+    share: float = 0.0
+    guard_m: float = 0.3
+    metres_per_px: float = 0.01
+    clamp_px: float = 50.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.share <= 1.0:
+            raise ValueError(f'reprojection share must be in [0, 1], got {self.share}')
+
+    def active(self, progress: float) -> bool:
+        """Whether a step at budget ``progress`` (0..1) trains on the reprojection error."""
+        return self.share > 0.0 and progress >= 1.0 - self.share
+
+
+@dataclass(frozen=True)
 class CoordStageConfig:
     """Stage 1: componentwise coordinate regression (paper Sec. 4.1).
 
@@ -170,6 +193,7 @@ class CoordStageConfig:
     reprojection_clamp_px: float = 100.0  # no-depth loss: errors above this are outliers
     depth_prior_m: float = 3.0  # no-depth loss: target depth where reprojection is invalid
     min_depth_m: float = 0.1
+    reprojection: ReprojectionPhase = ReprojectionPhase()  # with depth: metres only
 
     def __post_init__(self) -> None:
         if not 0.0 < self.crop_fraction <= 1.0:
@@ -208,16 +232,12 @@ class HeadStageConfig:
     every frame as recorded, this many copies of it under ``augmentation`` (camera roll, zoom,
     exposure; exact targets) are buffered, which costs an encoder forward each, not a step.
 
-    reprojection_share: with depth targets, the last this share of the stage's budget trains
-    on the reprojection error instead of the distance in metres
-    (`losses.guarded_reprojection_loss`: cells within ``reprojection_guard_m`` of their target,
-    one pixel weighing ``metres_per_px``; clamp ``reprojection_clamp_px``). Not in the paper;
-    DSAC* and ACE train on the reprojection error for the same reason: a coordinate's error
-    along its viewing ray does not move the pose. Measured on revisit_a (2-core AMX CPU, one
-    stage-1 encoder of the README recipe, seed 1; a fresh head trained 4.5 minutes, 200 test
-    frames, RANSAC): 0 (metres only): 30.0 % within 5 cm / 5 deg, median 6.6 cm, test
-    coordinate error 6.0 cm; 0.5: 37.5 %, 5.9 cm, 9.6 cm (the 3D error grows along the rays,
-    the pose error shrinks). A wider head (512) did not help: 29.5 %.
+    reprojection: with depth targets, the last half of the budget trains on the reprojection
+    error (`ReprojectionPhase`). Measured on revisit_a (2-core AMX CPU, one stage-1 encoder of
+    the README recipe, seed 1; a fresh head trained 4.5 minutes, 200 test frames, RANSAC):
+    share 0 (metres only): 30.0 % within 5 cm / 5 deg, median 6.6 cm, test coordinate error
+    6.0 cm; 0.5: 37.5 %, 5.9 cm, 9.6 cm (the 3D error grows along the rays, the pose error
+    shrinks). A wider head (512) did not help: 29.5 %.
     """
 
     budget: Budget = Budget(iterations=8000)
@@ -226,19 +246,13 @@ class HeadStageConfig:
     max_buffer_cells: int = 4_000_000
     augmented_copies: int = 0
     augmentation: AugmentationConfig = AugmentationConfig()
-    reprojection_share: float = 0.5
-    reprojection_guard_m: float = 0.3
-    metres_per_px: float = 0.01
-    reprojection_clamp_px: float = 50.0
+    reprojection: ReprojectionPhase = ReprojectionPhase(share=0.5)
 
     def __post_init__(self) -> None:
         if self.augmented_copies < 0:
             raise ValueError(f'augmented_copies must be >= 0, got {self.augmented_copies}')
         if self.cells_per_step < 1 or self.max_buffer_cells < 1:
             raise ValueError(f'cells_per_step and max_buffer_cells must be >= 1: {self}')
-        if not 0.0 <= self.reprojection_share <= 1.0:
-            raise ValueError(f'reprojection_share must be in [0, 1], got '
-                             f'{self.reprojection_share}')
 
 
 @dataclass(frozen=True)

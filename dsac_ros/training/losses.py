@@ -19,6 +19,7 @@ from dsac_ros.geometry.transforms import (
     pose_loss,
     transform_points,
 )
+from dsac_ros.training.config import ReprojectionPhase
 
 
 def coordinate_loss(pred_b3hw: Tensor, target_b3hw: Tensor) -> Tensor:
@@ -96,15 +97,16 @@ def reprojection_init_terms(y_bm3: Tensor, pix_bm2: Tensor, T_cw_b44: Tensor, K_
 
 
 def guarded_reprojection_loss(pred_m3: Tensor, target_m3: Tensor, pix_m2: Tensor,
-                              T_cw_m44: Tensor, K_m33: Tensor, guard_m: float,
-                              metres_per_px: float, clamp_px: float) -> tuple[Tensor, Tensor]:
-    """Reprojection loss for cells that also have a depth target (the head stage's second
-    phase, `HeadStageConfig.reprojection_share`).
+                              T_cw_m44: Tensor, K_m33: Tensor, phase: ReprojectionPhase
+                              ) -> tuple[Tensor, Tensor]:
+    """Reprojection loss for cells that also have a depth target (`ReprojectionPhase`: the
+    last part of stage 1 and of the head stage).
 
-    A cell whose prediction lies within ``guard_m`` of its depth target contributes its
-    reprojection error (pixels, from `reprojection_init_terms` with ``clamp_px``) times
-    ``metres_per_px``; any other cell its distance to the target in metres, which pulls it back
-    into the guard. Errors along the viewing ray then cost nothing, as they cost PnP nothing.
+    A cell whose prediction lies within ``phase.guard_m`` of its depth target contributes its
+    reprojection error (pixels, from `reprojection_init_terms` with ``phase.clamp_px``) times
+    ``phase.metres_per_px``; any other cell its distance to the target in metres, which pulls
+    it back into the guard. Errors along the viewing ray then cost nothing, as they cost PnP
+    nothing.
 
     Args:
         pred_m3: (M, 3) predicted world coordinates, metres. target_m3: (M, 3) finite depth
@@ -115,8 +117,8 @@ def guarded_reprojection_loss(pred_m3: Tensor, target_m3: Tensor, pix_m2: Tensor
     """
     dist = (pred_m3.float() - target_m3.float()).norm(dim=1)
     per_cell, _ = reprojection_init_terms(pred_m3[:, None], pix_m2[:, None], T_cw_m44, K_m33,
-                                          clamp_px=clamp_px)
-    loss = torch.where(dist < guard_m, per_cell[:, 0] * metres_per_px, dist)
+                                          clamp_px=phase.clamp_px)
+    loss = torch.where(dist < phase.guard_m, per_cell[:, 0] * phase.metres_per_px, dist)
     return loss.mean(), dist.detach()
 
 

@@ -21,7 +21,7 @@ from dsac_ros.geometry.scoring import reprojection_errors
 from dsac_ros.geometry.transforms import pose_errors
 from dsac_ros.models.score_net import ScoreNet, ScoreNetConfig
 from dsac_ros.training.augmentation import AugmentationConfig, augment_batch, crop_batch
-from dsac_ros.training.config import COORD_GRAD_UNIT_M, Stage
+from dsac_ros.training.config import COORD_GRAD_UNIT_M, ReprojectionPhase, Stage
 from dsac_ros.training.data import TrainingSet
 from dsac_ros.training.losses import (
     coordinate_loss,
@@ -80,7 +80,13 @@ def train_coords(session: Session) -> None:
         with runtime.autocast():
             pred = model(images)
         pred = pred.float()
-        if has_depth:
+        if has_depth and cfg.reprojection.active(progress):
+            loss, dist_m = _guarded_reprojection_on_frames(
+                pred, batch.coords_b3hw.to(runtime.device, non_blocking=True),
+                batch.T_cw_b44.to(runtime.device), batch.K_b33.to(runtime.device), net.stride,
+                cfg.reprojection)
+            aux = float(dist_m.median()) if dist_m.numel() else math.nan
+        elif has_depth:
             target = batch.coords_b3hw.to(runtime.device, non_blocking=True)
             loss = coordinate_loss(pred, target)
             with torch.no_grad():
@@ -104,6 +110,23 @@ def train_coords(session: Session) -> None:
     net.eval()
     if runtime.is_main and has_depth:
         validate_coords(session)
+
+
+def _guarded_reprojection_on_frames(pred_b3hw: Tensor, target_b3hw: Tensor, T_cw_b44: Tensor,
+                                    K_b33: Tensor, stride: int, phase: ReprojectionPhase
+                                    ) -> tuple[Tensor, Tensor]:
+    """`guarded_reprojection_loss` over the cells of a batch of frames (B, 3, H, W world
+    coordinates in metres; targets NaN where depth is invalid) seen by cameras T_cw_b44 /
+    K_b33; returns (scalar loss, (M,) distances of the M valid cells in metres, detached)."""
+    B, _, H, W = pred_b3hw.shape
+    valid_bhw = torch.isfinite(target_b3hw).all(dim=1)
+    if not bool(valid_bhw.any()):
+        return pred_b3hw.sum() * 0.0, pred_b3hw.new_zeros(0)
+    pix_hw2 = cell_centers(H, W, stride, device=pred_b3hw.device).permute(1, 2, 0)
+    frame_m = torch.arange(B, device=pred_b3hw.device)[:, None, None].expand(B, H, W)[valid_bhw]
+    return guarded_reprojection_loss(
+        pred_b3hw.permute(0, 2, 3, 1)[valid_bhw], target_b3hw.permute(0, 2, 3, 1)[valid_bhw],
+        pix_hw2.expand(B, H, W, 2)[valid_bhw], T_cw_b44[frame_m], K_b33[frame_m], phase)
 
 
 # ----------------------------------------------------------------------------------------
@@ -197,8 +220,8 @@ def buffer_cells(session: Session, max_cells: int, augmented_copies: int = 0,
 def train_head(session: Session) -> None:
     """Stage 1b (`HeadStageConfig`): the head of the frozen-encoder coordinate net on random
     buffered cells of all training frames; the loss of stage 1 (metres with depth,
-    reprojection pixels without), with depth for the first ``1 - reprojection_share`` of the
-    budget, then the guarded reprojection loss."""
+    reprojection pixels without), with depth then the guarded reprojection loss for the last
+    ``reprojection.share`` of the budget."""
     cfg, runtime = session.config.head, session.runtime
     net = session.coord_net
     buffer = buffer_cells(session, cfg.max_buffer_cells, cfg.augmented_copies,
@@ -233,10 +256,10 @@ def train_head(session: Session) -> None:
                 clamp_px=coords_cfg.reprojection_clamp_px, min_depth_m=coords_cfg.min_depth_m,
                 depth_prior_m=coords_cfg.depth_prior_m)
             loss, aux = per_cell.mean(), float(err.median())
-        elif progress >= 1.0 - cfg.reprojection_share:
+        elif cfg.reprojection.active(progress):
             loss, dist = guarded_reprojection_loss(
                 pred, buffer.target_n3[pick].to(runtime.device), *cell_cameras(pick),
-                cfg.reprojection_guard_m, cfg.metres_per_px, cfg.reprojection_clamp_px)
+                cfg.reprojection)
             aux = float(dist.median())
         else:
             target = buffer.target_n3[pick].to(runtime.device)
