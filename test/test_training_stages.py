@@ -55,6 +55,7 @@ from dsac_ros.training.stages import (
     _guarded_reprojection_on_frames,
     buffer_cells,
     end_to_end_loss,
+    score_net_wins,
 )
 from dsac_ros.training.trainer import train
 
@@ -360,6 +361,19 @@ def test_score_samples_straddle_threshold():
     within = (target > -50.0).float().mean()  # pose loss < 5 (deg / cm)
     assert 0.35 < float(within) < 0.7
     assert float(target.min()) > -10 * 31
+
+
+def test_score_net_is_deployed_only_when_it_wins_beyond_noise():
+    def frames(learned_only: int, soft_only: int, both: int = 20, neither: int = 20):
+        learned = [True] * learned_only + [False] * soft_only + [True] * both + [False] * neither
+        soft = [False] * learned_only + [True] * soft_only + [True] * both + [False] * neither
+        return torch.tensor(learned), torch.tensor(soft)
+
+    assert not score_net_wins(*frames(0, 0))  # a tie goes to the cheaper soft inliers
+    assert not score_net_wins(*frames(2, 0))  # 2 frames more (16 vs 12 % of 50): noise
+    assert not score_net_wins(*frames(10, 4))  # 6 more, but 2 sigma is 7.5
+    assert score_net_wins(*frames(5, 0)) and score_net_wins(*frames(14, 2))
+    assert not score_net_wins(*frames(0, 8))
 
 
 def test_stage2_loss_falls(tiny_scene: Path, tmp_path: Path):

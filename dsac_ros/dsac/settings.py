@@ -32,7 +32,7 @@ PAPER_IMAGE_WIDTH_PX = 640
 
 class Scoring(str, Enum):
     """How hypotheses are scored. AUTO: what the checkpoint records (the Score CNN when it has
-    one and its validation found it at least as accurate as soft inliers, else soft inliers);
+    one and its validation found it clearly more accurate than soft inliers, else soft inliers);
     SCORE_NET: the checkpoint's Score CNN; SOFT_INLIERS: the soft inlier count."""
 
     AUTO = 'auto'

@@ -197,7 +197,7 @@ class NodeSettings:
     scoring: str = _parameter(
         Scoring.AUTO.value,
         "Hypothesis scores: 'auto' (what the checkpoint records: its Score CNN when validated "
-        "at least as accurate as soft inliers), 'score_net' or 'soft_inliers'.",
+        "clearly more accurate than soft inliers), 'score_net' or 'soft_inliers'.",
         read_only=True, choices=Scoring)
     selection: str = _parameter(
         Selection.RANSAC.value,

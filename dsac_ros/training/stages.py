@@ -311,11 +311,24 @@ def validate_coords(session: Session, max_frames: int = 50) -> None:
               len(frames), median, 100 * within)
 
 
+def score_net_wins(learned_ok_n: Tensor, soft_ok_n: Tensor) -> bool:
+    """Whether the Score CNN beats soft inlier counts on the same N frames ((N,) bool: pose
+    within 5 cm / 5 deg) by more than noise: of the frames where exactly one of them succeeds,
+    the Score CNN must win more than its share by two standard errors (a paired sign test,
+    about 95 %). Ties and small margins go to soft inliers: they cost about a quarter of the
+    estimator's time (21 vs 78 ms per frame on a 2-core CPU) and have no weights to go stale."""
+    only_learned = int((learned_ok_n & ~soft_ok_n).sum())
+    only_soft = int((soft_ok_n & ~learned_ok_n).sum())
+    return only_learned - only_soft > 2.0 * math.sqrt(only_learned + only_soft)
+
+
 def validate_scoring(session: Session, max_frames: int = 50) -> None:
     """Choose the scoring the model is deployed with (`ModelSettings.scoring`): the Score CNN
     when the model has one and, on up to ``max_frames`` validation frames with RANSAC
-    selection, it puts at least as many poses within 5 cm / 5 deg as soft inlier counts (ties:
-    the smaller median error); soft inliers otherwise, also without validation frames."""
+    selection, it puts clearly more poses within 5 cm / 5 deg than soft inlier counts
+    (`score_net_wins`); soft inliers otherwise, also without validation frames. Sessions 6 and
+    7 chose the Score CNN on 16 vs 12 % of 50 frames, then found it no better on the test
+    frames (48.0 % either way on revisit_a) at 3.7x the estimator's time."""
     session.scoring = Scoring.SOFT_INLIERS
     if session.score_net is None or not session.runtime.is_main:
         return
@@ -327,23 +340,22 @@ def validate_scoring(session: Session, max_frames: int = 50) -> None:
     config = model_settings(session).apply(EstimatorConfig(seed=session.config.seed))
     T_gt = frames.T_cw_b44.to(session.runtime.device, pred.dtype)
     K = frames.K_33.to(session.runtime.device, pred.dtype)
-    results = {}
+    success = {}
     session.score_net.eval()
     for scoring, score_fn in ((Scoring.SOFT_INLIERS, None),
                               (Scoring.SCORE_NET, session.score_net.score_fn)):
         with torch.no_grad():
             est = DsacEstimator(config, score_fn).estimate(pred, K, session.coord_net.stride)
         deg, m = pose_errors(est.T_cw_b44, T_gt)
-        ok = est.valid_b & (deg < 5.0) & (m < 0.05)
-        error = torch.where(est.valid_b, torch.maximum(deg, 100.0 * m),
-                            torch.full_like(deg, math.inf))
-        results[scoring] = (100.0 * float(ok.float().mean()), float(error.median()))
-        session.result.validation[f'scoring_{scoring.value}_5cm5deg_pct'] = results[scoring][0]
-    soft, learned = results[Scoring.SOFT_INLIERS], results[Scoring.SCORE_NET]
-    if learned[0] > soft[0] or (learned[0] == soft[0] and learned[1] <= soft[1]):
+        success[scoring] = (est.valid_b & (deg < 5.0) & (m < 0.05)).cpu()
+        session.result.validation[f'scoring_{scoring.value}_5cm5deg_pct'] = \
+            100.0 * float(success[scoring].float().mean())
+    learned, soft = success[Scoring.SCORE_NET], success[Scoring.SOFT_INLIERS]
+    if score_net_wins(learned, soft):
         session.scoring = Scoring.SCORE_NET
     _LOG.info('validation scoring check on %d frames (RANSAC): Score CNN %.1f %%, soft inliers '
-              '%.1f %% within 5 cm / 5 deg: deployed with %s', len(frames), learned[0], soft[0],
+              '%.1f %% within 5 cm / 5 deg: deployed with %s', len(frames),
+              100.0 * float(learned.float().mean()), 100.0 * float(soft.float().mean()),
               session.scoring.value)
 
 
