@@ -27,6 +27,7 @@ setup(
         'console_scripts': [
             'relocalize_node = dsac_ros.ros.node:main',
             'dsac_train = dsac_ros.cli.train:main',
+            'dsac_pretrain = dsac_ros.cli.pretrain:main',
             'dsac_evaluate = dsac_ros.cli.evaluate:main',
             'dsac_extract_bag = dsac_ros.cli.extract_bag:main',
             'dsac_make_scene = dsac_ros.cli.make_scene:main',

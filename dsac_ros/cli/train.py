@@ -67,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--coord-net', choices=['default', 'small'], default='default',
                    help='architecture of a new coordinate net (small: tests, quick looks)')
     p.add_argument('--init', type=Path, help='start the networks from this checkpoint')
+    p.add_argument('--encoder', default='shipped',
+                   help="pretrained encoder file (dsac_pretrain) a new coordinate net starts "
+                        "from; 'shipped': the package's (default preset and net), 'none': "
+                        "random initialisation")
     p.add_argument('--no-depth', action='store_true',
                    help='ignore depth: reprojection initialisation from poses only')
     p.add_argument('--max-frames', type=int, help='use at most this many training frames')
@@ -176,6 +180,10 @@ def config_from_args(args: argparse.Namespace, scene: Path):
     if args.head_copies is not None:
         head = replace(head, augmented_copies=args.head_copies)
     config = replace(config, e2e=e2e, coords=coords, head=head)
+    if args.encoder == 'none':
+        config = replace(config, encoder=None)
+    elif args.encoder != 'shipped':
+        config = replace(config, encoder=Path(args.encoder))
     return with_budget(config, minutes=args.minutes, iterations=args.iterations)
 
 

@@ -140,9 +140,17 @@ def save_checkpoint(path: str | os.PathLike, coord_net: SceneCoordinateNet,
     A crash at any point leaves either the old file or the new one, never a partial file.
     ``half`` stores floating-point weights as float16 (loaded back as float32).
     """
+    payload = checkpoint_dict(coord_net, score_net, K_33, image_size, metadata, training, half)
+    return atomic_torch_save(path, payload)
+
+
+def atomic_torch_save(path: str | os.PathLike, payload: Any) -> Path:
+    """``torch.save`` atomically: a temp file in the same folder, fsync, ``os.replace``.
+
+    A crash at any point leaves either the old file or the new one, never a partial file
+    (`remove_stale_temporaries` deletes what a SIGKILL leaves)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = checkpoint_dict(coord_net, score_net, K_33, image_size, metadata, training, half)
     fd, tmp_name = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
     try:
         with os.fdopen(fd, 'wb') as f:
@@ -234,3 +242,77 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = 'cpu')
     return Checkpoint(coord_net=coord_net, score_net=score_net, K=K,
                       image_size=(height, width), metadata=dict(raw.get('metadata') or {}),
                       training=raw.get('training'))
+
+
+# ----------------------------------------------------------------------------- encoder files
+
+ENCODER_FORMAT_NAME = 'dsac_ros.encoder'
+ENCODER_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class EncoderFile:
+    """A pretrained encoder (``training.pretrain``): the architecture it belongs to, the
+    encoder's state (float32), what made it (``metadata``) and its content digest."""
+
+    net_config: SceneCoordinateNetConfig
+    state_dict: dict[str, Tensor]
+    metadata: dict[str, Any]
+    digest: str
+
+
+def save_encoder(path: str | os.PathLike, net: SceneCoordinateNet,
+                 metadata: dict[str, Any] | None = None) -> Path:
+    """Write ``net.encoder`` (float16 weights: the file ships in the repository) atomically.
+
+    Layout (format version 1)::
+
+        {'format': 'dsac_ros.encoder', 'format_version': 1, 'net_config': {...},
+         'state_dict': {...}, 'metadata': {str: str|int|float}, 'digest': SHA-256 hex}
+    """
+    state = {k: v.detach().cpu().clone() for k, v in net.encoder.state_dict().items()}
+    payload = {'format': ENCODER_FORMAT_NAME, 'format_version': ENCODER_FORMAT_VERSION,
+               'net_config': net.config.to_dict(), 'state_dict': _half_state(state),
+               'metadata': dict(metadata or {})}
+    payload['digest'] = _digest(payload)
+    return atomic_torch_save(path, payload)
+
+
+def load_encoder(path: str | os.PathLike) -> EncoderFile:
+    """Read an encoder file (``weights_only``). Raises CheckpointError for a missing, corrupt,
+    foreign or other-version file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f'encoder file {path} does not exist or is not a file')
+    try:
+        raw = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as exc:  # torch raises many types for garbage/truncated files
+        raise CheckpointError(f'encoder file {path} cannot be read (corrupted, truncated or '
+                              f'not a torch file): {type(exc).__name__}: {exc}') from exc
+    if not isinstance(raw, dict) or raw.get('format') != ENCODER_FORMAT_NAME:
+        raise CheckpointError(f'{path} is not a dsac_ros encoder file (no format '
+                              f'{ENCODER_FORMAT_NAME!r})')
+    if raw.get('format_version') != ENCODER_FORMAT_VERSION:
+        raise CheckpointError(f'encoder file {path} has format version '
+                              f'{raw.get("format_version")!r}; this dsac_ros reads version '
+                              f'{ENCODER_FORMAT_VERSION}')
+    stored = raw.pop('digest', None)
+    if stored is None or stored != _digest(raw):
+        raise CheckpointError(f'encoder file {path} is corrupted (content digest mismatch)')
+    try:
+        config = SceneCoordinateNetConfig.from_dict(raw['net_config'])
+        state = {k: v.float() if v.is_floating_point() else v
+                 for k, v in raw['state_dict'].items()}
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f'encoder file {path}: bad entry: {exc}') from exc
+    return EncoderFile(config, state, dict(raw.get('metadata') or {}), stored)
+
+
+def load_encoder_into(net: SceneCoordinateNet, encoder: EncoderFile) -> None:
+    """Copy a pretrained encoder into ``net`` (same encoder architecture; the head and the scene
+    mean are left alone). Raises ValueError when the architectures differ."""
+    mine, theirs = net.config, encoder.net_config
+    if (mine.stem_widths, mine.num_blocks, mine.dilations, mine.norm) != (
+            theirs.stem_widths, theirs.num_blocks, theirs.dilations, theirs.norm):
+        raise ValueError(f'the pretrained encoder is for {theirs}, the network is {mine}')
+    net.encoder.load_state_dict(encoder.state_dict)

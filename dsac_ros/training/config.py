@@ -335,6 +335,10 @@ class TrainConfig:
     scene: 7-Scenes-layout scene root. out_dir: checkpoint, logs and plots; a rerun with the
     same out_dir resumes. stages: which stages to run, in order. init_checkpoint: start the
     networks from this file (weights only, e.g. componentwise -> end-to-end in a new folder).
+    encoder: a pretrained encoder file (``dsac_pretrain``, `training.pretrain`) that a freshly
+    built coordinate net starts from, with a fresh head (None: random initialisation; ignored
+    when resuming or initialising from a checkpoint). `preset_config` gives the default preset
+    the shipped one (`shipped_encoder`) where it fits ``coord_net``.
     coord_net: architecture of a freshly built coordinate net (ignored when resuming or
     initialising from a checkpoint, which carries its own).
     inlier_threshold_px: tau (pixels of the training images) that stage 3 trains with, the
@@ -366,6 +370,7 @@ class TrainConfig:
     max_frames: int | None = None
     validation_fraction: float = 0.1
     init_checkpoint: Path | None = None
+    encoder: Path | None = None
     checkpoint_every: int = 500  # steps
     checkpoint_seconds: float = 120.0
     log_every: int = 20  # steps per CSV row
@@ -378,6 +383,8 @@ class TrainConfig:
         object.__setattr__(self, 'out_dir', Path(self.out_dir))
         if self.init_checkpoint is not None:
             object.__setattr__(self, 'init_checkpoint', Path(self.init_checkpoint))
+        if self.encoder is not None:
+            object.__setattr__(self, 'encoder', Path(self.encoder))
         object.__setattr__(self, 'stages', tuple(Stage(s) for s in self.stages))
         if not self.stages:
             raise ValueError('no training stage selected')
@@ -432,8 +439,19 @@ def preset_config(preset: Preset | str, scene: Path | str, out_dir: Path | str,
                                     frames_per_step=1),
         )
     else:
-        base = TrainConfig(scene=Path(scene), out_dir=Path(out_dir), preset=preset)
+        net = overrides.get('coord_net', SceneCoordinateNetConfig())
+        base = TrainConfig(scene=Path(scene), out_dir=Path(out_dir), preset=preset,
+                           encoder=shipped_encoder() if net == SceneCoordinateNetConfig()
+                           else None)
     return replace(base, **overrides)
+
+
+def shipped_encoder() -> Path | None:
+    """The pretrained encoder shipped with the package (``dsac_ros/assets/encoder.pt``, made by
+    the command in its metadata and docs/BENCHMARKS.md), None where it is absent. It fits the
+    default `SceneCoordinateNetConfig`."""
+    path = Path(__file__).resolve().parents[1] / 'assets' / 'encoder.pt'
+    return path if path.is_file() else None
 
 
 STAGE_TIME_SHARE = {Stage.COORDS: 0.65, Stage.HEAD: 0.15, Stage.SCORE: 0.05, Stage.E2E: 0.15}

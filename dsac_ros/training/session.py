@@ -33,6 +33,8 @@ from dsac_ros.dsac import (
 )
 from dsac_ros.models.checkpoint import (
     load_checkpoint,
+    load_encoder,
+    load_encoder_into,
     remove_stale_temporaries,
     save_checkpoint,
 )
@@ -93,6 +95,7 @@ class Session:
     stop_signal: int | None = None
     result: TrainResult | None = None
     scoring: Scoring = Scoring.SOFT_INLIERS  # deployed scoring (`stages.validate_scoring`)
+    encoder_origin: str | None = None  # pretrained encoder the run started from (metadata)
 
     @property
     def out(self) -> Path:
@@ -152,6 +155,7 @@ def open_session(config: TrainConfig, runtime: Runtime) -> Session:
                 _LOG.info('removed %s, left by a run killed while writing', stale)
     resume = None
     completed: list[str] = []
+    encoder_origin = None
     if ckpt_path.exists():
         loaded = load_checkpoint(ckpt_path)
         training = loaded.training or {}
@@ -161,6 +165,7 @@ def open_session(config: TrainConfig, runtime: Runtime) -> Session:
         _check_camera(loaded.K, loaded.image_size, data, ckpt_path)
         coord_net, score_net = loaded.coord_net, loaded.score_net
         scoring = read_model_settings(loaded.metadata, loaded.image_size).scoring
+        encoder_origin = loaded.metadata.get('encoder')
         _LOG.info('resuming from %s (completed %s, in progress %s at step %s)', ckpt_path,
                   completed, training.get('stage'), training.get('step'))
     elif config.init_checkpoint is not None:
@@ -172,6 +177,13 @@ def open_session(config: TrainConfig, runtime: Runtime) -> Session:
     else:
         coord_net = SceneCoordinateNet(config.coord_net)
         coord_net.set_scene_mean(data.scene_mean(train_index))
+        if config.encoder is not None:
+            encoder = load_encoder(config.encoder)
+            load_encoder_into(coord_net, encoder)
+            encoder_origin = f'{config.encoder.name} sha256:{encoder.digest[:16]}'
+            _LOG.info('encoder initialised from %s (pretrained %s steps, %s minutes)',
+                      config.encoder, encoder.metadata.get('pretrain_steps', '?'),
+                      encoder.metadata.get('pretrain_minutes', '?'))
         score_net = None
         scoring = Scoring.SOFT_INLIERS
     coord_net = coord_net.to(runtime.device)
@@ -181,7 +193,8 @@ def open_session(config: TrainConfig, runtime: Runtime) -> Session:
         config.out_dir.mkdir(parents=True, exist_ok=True)
     return Session(config=config, runtime=runtime, data=data, shard=shard,
                    validation=validation, coord_net=coord_net, score_net=score_net,
-                   completed=completed, resume=resume, scoring=scoring)
+                   completed=completed, resume=resume, scoring=scoring,
+                   encoder_origin=encoder_origin)
 
 
 def _check_camera(K: Tensor, image_size: tuple[int, int], data: TrainingSet, path: Path) -> None:
@@ -369,6 +382,8 @@ def metadata(session: Session) -> dict[str, Any]:
     if Stage.E2E.value in session.completed:
         meta['e2e_selection'] = session.config.e2e.selection.value
         meta['e2e_depth'] = session.config.e2e.depth
+    if session.encoder_origin is not None:
+        meta['encoder'] = session.encoder_origin
     if session.result is not None:
         meta.update(session.result.validation)
     # A synthetic scene's recipe travels with the model, so the demo can re-render its test loop.

@@ -1,0 +1,75 @@
+"""dsac_pretrain: pretrain the coordinate net's encoder on procedurally generated rooms.
+
+The package ships the result as ``dsac_ros/assets/encoder.pt``; ``dsac_train`` starts every new
+scene from it. To remake it (docs/BENCHMARKS.md records the run that made the shipped one)::
+
+    dsac_pretrain --out runs/pretrain --minutes 90
+    cp runs/pretrain/encoder.pt dsac_ros/assets/encoder.pt
+
+Rerunning with the same --out resumes (rendered rooms are cached in <out>/rooms). Exit codes:
+0 done, 2 bad input, 130 interrupted (state saved at most ``--save-seconds`` before).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+import sys
+
+from dsac_ros.models.checkpoint import CheckpointError
+from dsac_ros.training.config import Precision
+
+_LOG = logging.getLogger('dsac_pretrain')
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(allow_abbrev=False, prog='dsac_pretrain',
+                                description=__doc__.split('\n\n')[0])
+    p.add_argument('--out', type=Path, required=True, help='output folder (resumes if present)')
+    p.add_argument('--minutes', type=float,
+                   help='training time budget (default 90 without --iterations)')
+    p.add_argument('--iterations', type=int, help='step budget (with or instead of minutes)')
+    p.add_argument('--rooms', type=int, default=4, help='rooms (seeds 10000, 10001, ...)')
+    p.add_argument('--walk-frames', type=int, default=500,
+                   help='frames per room along its mapping walks')
+    p.add_argument('--random-views', type=int, default=100,
+                   help='views per room drawn at random through it')
+    p.add_argument('--batch-size', type=int, default=8)
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--device', default='auto', help="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    p.add_argument('--precision', choices=[x.value for x in Precision], default='auto')
+    p.add_argument('--threads', type=int, help='torch CPU threads')
+    p.add_argument('--save-seconds', type=float, default=120.0,
+                   help='seconds between resumable saves')
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO,
+                        format='%(asctime)s %(levelname)s %(name)s: %(message)s')
+    from dsac_ros.training.pretrain import PretrainConfig, PretrainViews, pretrain
+    try:
+        config = PretrainConfig(out_dir=args.out, rooms=args.rooms,
+                                views=PretrainViews(walk_frames=args.walk_frames,
+                                                   random_views=args.random_views),
+                                minutes=(args.minutes if args.minutes is not None or
+                                         args.iterations is not None else 90.0),
+                                iterations=args.iterations, batch_size=args.batch_size,
+                                seed=args.seed, device=args.device,
+                                precision=Precision(args.precision), threads=args.threads,
+                                save_seconds=args.save_seconds)
+        path = pretrain(config)
+    except KeyboardInterrupt:
+        _LOG.warning('interrupted; rerun with the same --out to resume')
+        return 130
+    except (ValueError, CheckpointError) as exc:
+        _LOG.error('%s', exc)
+        return 2
+    _LOG.info('done: %s', path)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
