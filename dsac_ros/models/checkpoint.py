@@ -172,6 +172,27 @@ def atomic_torch_save(path: str | os.PathLike, payload: Any) -> Path:
     return path
 
 
+def _read_versioned(path: Path, what: str, kind: str, format_name: str, version: int
+                    ) -> dict[str, Any]:
+    """``torch.load(weights_only=True)`` of a dict of ``format_name`` / ``version``, else a
+    CheckpointError that names the file and what is wrong with it."""
+    if not path.is_file():
+        raise CheckpointError(f'{what} {path} does not exist or is not a file')
+    try:
+        raw = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as exc:  # torch raises many types for garbage/truncated files
+        raise CheckpointError(
+            f'{what} {path} cannot be read (corrupted, truncated or not a torch file): '
+            f'{type(exc).__name__}: {exc}') from exc
+    if not isinstance(raw, dict) or raw.get('format') != format_name:
+        raise CheckpointError(f'{path} is not {kind} (no format {format_name!r})')
+    if raw.get('format_version') != version:
+        raise CheckpointError(
+            f'{what} {path} has format version {raw.get("format_version")!r}; this dsac_ros '
+            f'reads version {version}')
+    return raw
+
+
 def read_checkpoint_dict(path: str | os.PathLike) -> dict[str, Any]:
     """Load and validate the raw dict of a checkpoint file (tensors on the CPU).
 
@@ -179,21 +200,8 @@ def read_checkpoint_dict(path: str | os.PathLike) -> dict[str, Any]:
     another format version.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f'checkpoint {path} does not exist or is not a file')
-    try:
-        raw = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as exc:  # torch raises many types for garbage/truncated files
-        raise CheckpointError(
-            f'checkpoint {path} cannot be read (corrupted, truncated or not a torch file): '
-            f'{type(exc).__name__}: {exc}') from exc
-    if not isinstance(raw, dict) or raw.get('format') != FORMAT_NAME:
-        raise CheckpointError(f'{path} is not a dsac_ros checkpoint (no format {FORMAT_NAME!r})')
-    version = raw.get('format_version')
-    if version != FORMAT_VERSION:
-        raise CheckpointError(
-            f'checkpoint {path} has format version {version!r}; this dsac_ros reads version '
-            f'{FORMAT_VERSION}')
+    raw = _read_versioned(path, 'checkpoint', 'a dsac_ros checkpoint', FORMAT_NAME,
+                          FORMAT_VERSION)
     for key in ('coord_net', 'K', 'image_size', 'scene_mean'):
         if key not in raw:
             raise CheckpointError(f'checkpoint {path} lacks the entry {key!r}')
@@ -282,20 +290,8 @@ def load_encoder(path: str | os.PathLike) -> EncoderFile:
     """Read an encoder file (``weights_only``). Raises CheckpointError for a missing, corrupt,
     foreign or other-version file."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f'encoder file {path} does not exist or is not a file')
-    try:
-        raw = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as exc:  # torch raises many types for garbage/truncated files
-        raise CheckpointError(f'encoder file {path} cannot be read (corrupted, truncated or '
-                              f'not a torch file): {type(exc).__name__}: {exc}') from exc
-    if not isinstance(raw, dict) or raw.get('format') != ENCODER_FORMAT_NAME:
-        raise CheckpointError(f'{path} is not a dsac_ros encoder file (no format '
-                              f'{ENCODER_FORMAT_NAME!r})')
-    if raw.get('format_version') != ENCODER_FORMAT_VERSION:
-        raise CheckpointError(f'encoder file {path} has format version '
-                              f'{raw.get("format_version")!r}; this dsac_ros reads version '
-                              f'{ENCODER_FORMAT_VERSION}')
+    raw = _read_versioned(path, 'encoder file', 'a dsac_ros encoder file', ENCODER_FORMAT_NAME,
+                          ENCODER_FORMAT_VERSION)
     stored = raw.pop('digest', None)
     if stored is None or stored != _digest(raw):
         raise CheckpointError(f'encoder file {path} is corrupted (content digest mismatch)')

@@ -59,10 +59,11 @@ class PretrainViews:
     walks of the room (two hand-held loops, as a user maps a room) and ``random_views`` drawn at
     random through it.
 
-    Random views: positions uniform over the room's floor at least ``wall_margin_m`` from the walls and
-    ``furniture_margin_m`` from furniture, heights in ``heights_m``; heading uniform; pitch in
-    ``pitch_deg``; roll normal with ``roll_std_deg`` (clipped at 2 sigma); focal length
-    ``fx_px`` times a per-room factor, log-uniform in ``focal_factor``."""
+    Random views: positions uniform over the room's floor at least ``wall_margin_m`` from the
+    walls and ``furniture_margin_m`` from furniture, heights in ``heights_m``; heading uniform;
+    pitch in ``pitch_deg``; roll normal with ``roll_std_deg`` (clipped at 2 sigma). Every view
+    of a room has the focal length ``fx_px`` times a per-room factor, log-uniform in
+    ``focal_factor``."""
 
     walk_frames: int = 500
     random_views: int = 100
@@ -111,7 +112,8 @@ class PretrainConfig:
             raise ValueError(f'minutes must be > 0, got {self.minutes}')
         if self.iterations is not None and self.iterations < 1:
             raise ValueError(f'iterations must be >= 1, got {self.iterations}')
-        if self.rooms < 1 or self.views.walk_frames + self.views.random_views < 1 or self.batch_size < 1:
+        views = self.views.walk_frames + self.views.random_views
+        if self.rooms < 1 or views < 1 or self.batch_size < 1:
             raise ValueError(f'need rooms, views per room and batch size >= 1: {self}')
         if not 0.0 < self.crop_fraction <= 1.0:
             raise ValueError(f'crop_fraction must be in (0, 1], got {self.crop_fraction}')
