@@ -13,7 +13,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 CONSOLE_SCRIPTS = ('relocalize_node', 'relocalize_lifecycle_node', 'dsac_train',
                    'dsac_evaluate', 'dsac_extract_bag', 'dsac_make_scene', 'dsac_demo',
-                   'dsac_replay')
+                   'dsac_replay', 'dsac_pretrain')
 
 
 def test_package_xml_declares_ament_python_and_ros_dependencies():

@@ -1,10 +1,14 @@
 """dsac_pretrain: pretrain the coordinate net's encoder on procedurally generated rooms.
 
 The package ships the result as ``dsac_ros/assets/encoder.pt``; ``dsac_train`` starts every new
-scene from it. To remake it (docs/BENCHMARKS.md records the run that made the shipped one)::
+scene from it. The shipped one was made on a 2-core CPU with (docs/BENCHMARKS.md)::
 
-    dsac_pretrain --out runs/pretrain --minutes 90
+    dsac_pretrain --out runs/pretrain --minutes 50 --threads 2
     cp runs/pretrain/encoder.pt dsac_ros/assets/encoder.pt
+
+(4 rooms, seeds 10000-10003, 500 mapping-walk frames and 100 random views each; 15723 steps.)
+A longer run or more rooms on a faster machine gives a better start; the file's metadata says
+what made it.
 
 Rerunning with the same --out resumes (rendered rooms are cached in <out>/rooms). Exit codes:
 0 done, 2 bad input, 130 interrupted (state saved at most ``--save-seconds`` before).
@@ -28,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 description=__doc__.split('\n\n')[0])
     p.add_argument('--out', type=Path, required=True, help='output folder (resumes if present)')
     p.add_argument('--minutes', type=float,
-                   help='training time budget (default 90 without --iterations)')
+                   help='training time budget (default 50 without --iterations)')
     p.add_argument('--iterations', type=int, help='step budget (with or instead of minutes)')
     p.add_argument('--rooms', type=int, default=4, help='rooms (seeds 10000, 10001, ...)')
     p.add_argument('--walk-frames', type=int, default=500,
@@ -55,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
                                 views=PretrainViews(walk_frames=args.walk_frames,
                                                    random_views=args.random_views),
                                 minutes=(args.minutes if args.minutes is not None or
-                                         args.iterations is not None else 90.0),
+                                         args.iterations is not None else 50.0),
                                 iterations=args.iterations, batch_size=args.batch_size,
                                 seed=args.seed, device=args.device,
                                 precision=Precision(args.precision), threads=args.threads,

@@ -16,8 +16,12 @@ a fresh head (``TrainConfig.encoder``).
 Rooms use seeds from ``PretrainConfig.first_seed`` (10000) on; the benchmark suite's seeds are
 below 100, so no benchmark room is ever a pretraining room.
 
-Measured (docs/BENCHMARKS.md): stage 1 on ``free_a`` started from another room's 30-minute
-encoder reached in 3000 steps the training error that a random start reached in 6500.
+Measured (docs/BENCHMARKS.md, 2-core CPU): 10 minutes of stage 1 and 2.3 of the head on
+``free_a`` gave 3.5 % of the test poses within 5 cm / 5 deg from a random start and 11.0 % from
+another room's stage-1 encoder; the README's 30 minutes on ``revisit_a`` from the shipped encoder
+gave 41.5-43 % (componentwise) at 10.7 k stage-1 steps, where random starts gave 19.5-38 % at
+12.7-14 k. Many rooms at once learn slowly on a CPU: with 32 or 8 rooms of random views the
+loss stayed at 2.6-2.9 m for the first 900 steps, so the shipped encoder saw 4 rooms.
 """
 
 from __future__ import annotations
@@ -89,7 +93,7 @@ class PretrainConfig:
     first_seed: int = 10_000
     views: PretrainViews = PretrainViews()
     net: SceneCoordinateNetConfig = SceneCoordinateNetConfig()
-    minutes: float | None = 60.0
+    minutes: float | None = 50.0
     iterations: int | None = None
     batch_size: int = 8
     crop_fraction: float = 0.6
