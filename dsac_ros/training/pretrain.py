@@ -281,9 +281,10 @@ def _batch(rooms: list[RoomViews], pick_room: Tensor, pick_view: Tensor,
                             generator, config.augmentation, None, None, stride)
         images.append(aug.images_b3hw)
         coords.append(room.coords_v3hw[v:v + 1].float())
+    # Poses are not needed (the loss is in metres); each view keeps its room's camera.
     frame = AugmentedBatch(torch.cat(images), torch.cat(coords),
-                           rooms[0].K_33.expand(len(images), 3, 3), torch.eye(4).expand(
-                               len(images), 4, 4))
+                           torch.stack([rooms[r].K_33 for r in pick_room.tolist()]),
+                           torch.eye(4, dtype=torch.float64).expand(len(images), 4, 4))
     H, W = frame.images_b3hw.shape[-2:]
     crop = tuple(max(stride, int(side * config.crop_fraction) // stride * stride)
                  for side in (H, W))
