@@ -205,8 +205,13 @@ class CoordStageConfig:
     def crop_size(self, image_hw: tuple[int, int], stride: int) -> tuple[int, int]:
         """(height, width) of stage 1's training window on ``image_hw`` frames:
         ``crop_fraction`` of each side, rounded down to the stride (at least one cell)."""
-        return tuple(max(stride, int(side * self.crop_fraction) // stride * stride)
-                     for side in image_hw)
+        return window_size(image_hw, self.crop_fraction, stride)
+
+
+def window_size(image_hw: tuple[int, int], fraction: float, stride: int) -> tuple[int, int]:
+    """(height, width) of a training window: ``fraction`` of each side of ``image_hw``,
+    rounded down to the stride (at least one cell)."""
+    return tuple(max(stride, int(side * fraction) // stride * stride) for side in image_hw)
 
 
 @dataclass(frozen=True)

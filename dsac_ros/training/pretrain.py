@@ -47,7 +47,7 @@ from dsac_ros.training.augmentation import (
     augment_batch,
     crop_batch,
 )
-from dsac_ros.training.config import LrSchedule, Precision, Schedule
+from dsac_ros.training.config import Budget, LrSchedule, Precision, Schedule, window_size
 from dsac_ros.training.losses import coordinate_loss
 from dsac_ros.training.runtime import num_threads, resolve_amp_dtype
 
@@ -286,8 +286,7 @@ def _batch(rooms: list[RoomViews], pick_room: Tensor, pick_view: Tensor,
                            torch.stack([rooms[r].K_33 for r in pick_room.tolist()]),
                            torch.eye(4, dtype=torch.float64).expand(len(images), 4, 4))
     H, W = frame.images_b3hw.shape[-2:]
-    crop = tuple(max(stride, int(side * config.crop_fraction) // stride * stride)
-                 for side in (H, W))
+    crop = window_size((H, W), config.crop_fraction, stride)
     window = crop_batch(frame, crop, generator, stride)
     return window.images_b3hw, window.coords_b3hw
 
@@ -325,13 +324,10 @@ def pretrain(config: PretrainConfig) -> Path:
         losses: list[float] = []
         last_save = time.monotonic()
 
+        budget = Budget(iterations=config.iterations, minutes=config.minutes)
+
         def progress_now() -> float:
-            fractions = []
-            if config.minutes is not None:
-                fractions.append(elapsed / (60.0 * config.minutes))
-            if config.iterations is not None:
-                fractions.append(step / config.iterations)
-            return min(1.0, max(fractions))
+            return budget.progress(step, elapsed)
 
         def save_state() -> None:
             atomic_torch_save(state_path, {'net': net.state_dict(), 'heads': heads.state_dict(),
