@@ -19,6 +19,7 @@ from dsac_ros.models.scene_coordinate_net import SceneCoordinateNet, SceneCoordi
 from dsac_ros.training.config import (
     Budget,
     CoordStageConfig,
+    LrSchedule,
     Precision,
     Stage,
     TrainConfig,
@@ -96,6 +97,29 @@ def test_pretraining_writes_a_loadable_encoder_and_resumes(tmp_path: Path):
     assert all(torch.equal(net.encoder.state_dict()[k], v) for k, v in state.items())
     with pytest.raises(ValueError, match='pretrained encoder is for'):
         load_encoder_into(SceneCoordinateNet(), load_encoder(path))
+
+
+def test_a_curriculum_run_starts_from_an_earlier_encoder_and_records_it(tmp_path: Path):
+    first = pretrain(_config(tmp_path / 'four_rooms'))
+    start = load_encoder(first)
+    out = tmp_path / 'more_rooms'
+    lines: list[str] = []
+    # lr 0: the weights must come out exactly as they went in (BatchNorm statistics do move)
+    path = pretrain(_config(out, rooms=3, init_encoder=first, lr=LrSchedule(0.0),
+                            progress=lines.append))
+    assert any('starting from the encoder' in line for line in lines)
+    grown = load_encoder(path)
+    params = {name for name, _ in SceneCoordinateNet(SMALL_NET).encoder.named_parameters()}
+    assert all(torch.equal(grown.state_dict[k], start.state_dict[k]) for k in params)
+    assert grown.metadata['init_encoder'] == f'encoder.pt sha256:{start.digest}'
+    assert grown.metadata['init_encoder_steps'] == 4 and grown.metadata['recipe_rooms'] == 3
+    # a resumed run keeps the lineage without reading the first file again
+    first.unlink()
+    resumed = load_encoder(pretrain(_config(out, rooms=3, init_encoder=first, iterations=6)))
+    assert resumed.metadata['pretrain_steps'] == 6
+    assert resumed.metadata['init_encoder'] == grown.metadata['init_encoder']
+    assert pretrain_main(['--out', str(tmp_path / 'bad'), '--iterations', '1', '--init-encoder',
+                          str(tmp_path / 'missing.pt')]) == 2
 
 
 def test_corrupt_and_foreign_encoder_files_are_clear_errors(tmp_path: Path):

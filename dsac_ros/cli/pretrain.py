@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help='views per room drawn at random through it')
     p.add_argument('--batch-size', type=int, default=8)
     p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--init-encoder', type=Path,
+                   help='start from this encoder file with fresh room heads (a curriculum: '
+                        'an earlier run on fewer rooms); ignored when --out resumes')
     p.add_argument('--device', default='auto', help="'auto', 'cpu', 'cuda' or 'cuda:N'")
     p.add_argument('--precision', choices=[x.value for x in Precision], default='auto')
     p.add_argument('--threads', type=int, help='torch CPU threads')
@@ -61,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
                                 minutes=(args.minutes if args.minutes is not None or
                                          args.iterations is not None else 50.0),
                                 iterations=args.iterations, batch_size=args.batch_size,
-                                seed=args.seed, device=args.device,
+                                seed=args.seed, init_encoder=args.init_encoder,
+                                device=args.device,
                                 precision=Precision(args.precision), threads=args.threads,
                                 save_seconds=args.save_seconds)
         path = pretrain(config)

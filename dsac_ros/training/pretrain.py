@@ -39,7 +39,13 @@ import torch
 from torch import Tensor, nn
 
 from dsac_ros.device import resolve_device
-from dsac_ros.models.checkpoint import atomic_torch_save, remove_stale_temporaries, save_encoder
+from dsac_ros.models.checkpoint import (
+    atomic_torch_save,
+    load_encoder,
+    load_encoder_into,
+    remove_stale_temporaries,
+    save_encoder,
+)
 from dsac_ros.models.scene_coordinate_net import SceneCoordinateNet, SceneCoordinateNetConfig
 from dsac_ros.training.augmentation import (
     AugmentationConfig,
@@ -86,7 +92,12 @@ class PretrainViews:
 class PretrainConfig:
     """One pretraining run. ``out_dir`` holds the rendered rooms (a cache), the resumable state
     and ``encoder.pt``; a rerun with the same ``out_dir`` resumes. ``minutes`` / ``iterations``:
-    the budget (either may be None, not both); the lr decays over it (cosine)."""
+    the budget (either may be None, not both); the lr decays over it (cosine).
+
+    init_encoder: an encoder file (an earlier run's ``encoder.pt``) that a fresh run starts
+    from, with fresh room heads: a curriculum, e.g. 4 rooms first, then more rooms from that
+    encoder, since many rooms from random weights learn slowly on a CPU. Ignored on resume.
+    ``net`` must match the file's architecture."""
 
     out_dir: Path
     rooms: int = 4
@@ -101,6 +112,7 @@ class PretrainConfig:
     augmentation: AugmentationConfig = AugmentationConfig(
         max_rotation_deg=0.0, min_scale=1.0, max_scale=1.0)  # photometric only: views vary
     seed: int = 0
+    init_encoder: Path | None = None
     device: str = 'auto'
     precision: Precision = Precision.AUTO
     threads: int | None = None
@@ -110,6 +122,8 @@ class PretrainConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, 'out_dir', Path(self.out_dir))
+        if self.init_encoder is not None:
+            object.__setattr__(self, 'init_encoder', Path(self.init_encoder))
         if self.minutes is None and self.iterations is None:
             raise ValueError('pretraining needs minutes or iterations')
         if self.minutes is not None and not self.minutes > 0:
@@ -300,6 +314,16 @@ def pretrain(config: PretrainConfig) -> Path:
     amp_dtype = resolve_amp_dtype(config.precision, device)
     with num_threads(config.threads):
         net = SceneCoordinateNet(config.net)
+        state_path = out / STATE_NAME
+        lineage = {}
+        if config.init_encoder is not None and not state_path.exists():
+            start = load_encoder(config.init_encoder)
+            load_encoder_into(net, start)
+            lineage = {'init_encoder': f'{config.init_encoder.name} sha256:{start.digest}',
+                       'init_encoder_steps': start.metadata.get('pretrain_steps', 0),
+                       'init_encoder_minutes': start.metadata.get('pretrain_minutes', 0.0)}
+            _report(config, f'starting from the encoder {lineage["init_encoder"]} '
+                            f'({lineage["init_encoder_steps"]} steps)')
         rooms = load_rooms(config, net.stride)
         heads = RoomHeads(config.rooms, config.net.stem_widths[-1], config.net.head_width)
         encoder_params = list(net.encoder.parameters())
@@ -308,9 +332,9 @@ def pretrain(config: PretrainConfig) -> Path:
                                      lr=config.lr.lr)
         generator = torch.Generator().manual_seed(config.seed)
         step, elapsed = 0, 0.0
-        state_path = out / STATE_NAME
         if state_path.exists():
             state = torch.load(state_path, weights_only=True)
+            lineage = dict(state.get('lineage', {}))
             net.load_state_dict(state['net'])
             heads.load_state_dict(state['heads'])
             optimizer.load_state_dict(state['optimizer'])
@@ -333,7 +357,7 @@ def pretrain(config: PretrainConfig) -> Path:
             atomic_torch_save(state_path, {'net': net.state_dict(), 'heads': heads.state_dict(),
                                       'optimizer': optimizer.state_dict(),
                                       'generator': generator.get_state(), 'step': step,
-                                      'elapsed_s': elapsed})
+                                      'elapsed_s': elapsed, 'lineage': lineage})
 
         try:
             while progress_now() < 1.0:
@@ -373,8 +397,8 @@ def pretrain(config: PretrainConfig) -> Path:
         save_state()
         recent = float(np.mean(losses[-config.log_every:])) if losses else math.nan
         metadata = {'pretrain_steps': step, 'pretrain_minutes': round(elapsed / 60.0, 2),
-                    'pretrain_final_loss_m': recent, **{f'recipe_{k}': v for k, v in
-                                                       _flat(config.recipe()).items()}}
+                    'pretrain_final_loss_m': recent, **lineage,
+                    **{f'recipe_{k}': v for k, v in _flat(config.recipe()).items()}}
         path = save_encoder(out / ENCODER_NAME, net.cpu(), metadata)
         _report(config, f'encoder written to {path} after {step} steps '
                         f'({elapsed / 60:.1f} min, loss {recent:.3f} m)')
