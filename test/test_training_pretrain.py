@@ -165,6 +165,13 @@ def test_training_starts_from_the_encoder_with_a_fresh_head(tmp_path: Path):
     meta = load_checkpoint(result.model).metadata
     assert meta['encoder'].startswith('encoder.pt sha256:')
     assert meta['encoder'].split(':')[1] == load_encoder(encoder).digest[:16]
+    # encoder_lr_scale 0: stage 1 trains the head alone on the pretrained encoder
+    frozen = replace(config, out_dir=tmp_path / 'frozen',
+                     coords=replace(config.coords, encoder_lr_scale=0.0))
+    net = load_checkpoint(train(frozen).model).coord_net
+    params = dict(net.encoder.named_parameters())
+    assert all(torch.equal(params[k], state[k]) for k in params)
+    assert not torch.equal(net.head[-1].weight, session.coord_net.head[-1].weight)
 
 
 def test_default_preset_starts_from_the_shipped_encoder_where_it_fits():

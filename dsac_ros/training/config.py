@@ -197,8 +197,12 @@ class CoordStageConfig:
     # on revisit_a in the README's 30 minutes (21.0 vs 19.5 % within 5 cm / 5 deg, 11.5 k vs
     # 12.7 k steps; docs/BENCHMARKS.md), so it stays off until a run converges.
     reprojection: ReprojectionPhase = ReprojectionPhase()
+    # the encoder's learning rate relative to the head's (``lr``)
+    encoder_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
+        if not self.encoder_lr_scale >= 0.0:
+            raise ValueError(f'encoder_lr_scale must be >= 0, got {self.encoder_lr_scale}')
         if not 0.0 < self.crop_fraction <= 1.0:
             raise ValueError(f'crop_fraction must be in (0, 1], got {self.crop_fraction}')
 

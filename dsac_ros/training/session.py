@@ -263,7 +263,7 @@ def run_loop(session: Session, stage: Stage, budget: Budget, optims: list[Optim]
             for o in optims:
                 lr = o.schedule.at(step, progress)
                 for group in o.optimizer.param_groups:
-                    group['lr'] = lr
+                    group['lr'] = lr * group.get('lr_scale', 1.0)
                 lrs.append(lr)
             metrics = step_fn(step, progress)
             step += 1

@@ -58,7 +58,10 @@ def train_coords(session: Session) -> None:
         net = net.to(memory_format=torch.channels_last)
     net.train()
     model = wrap_ddp(net, runtime)
-    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr.lr, weight_decay=cfg.weight_decay)
+    # a pretrained encoder may learn slower than the fresh head (`CoordStageConfig`)
+    optimizer = torch.optim.Adam(
+        [{'params': list(net.encoder.parameters()), 'lr_scale': cfg.encoder_lr_scale},
+         {'params': list(net.head.parameters())}], lr=cfg.lr.lr, weight_decay=cfg.weight_decay)
     generator = stage_generator(session, Stage.COORDS)
     has_depth = data.depth_bhw is not None
     crop_hw = cfg.crop_size(data.image_size, net.stride)
