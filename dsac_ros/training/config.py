@@ -162,8 +162,10 @@ class CoordStageConfig:
     On a 2-core CPU with AMX bf16 (Sapphire Rapids; about 5x the steps) it still loses in the
     README's 30 minutes, same room: 22335 steps, validation error 0.184 m after stage 1 (0.062 m
     without), test coordinate error 6.8 cm (3.1 cm), 29.5 % of the test poses within
-    5 cm / 5 deg (71.5 %). Turn it on (`dsac_train --augment`) for budgets that reach
-    convergence (GPU, hours).
+    5 cm / 5 deg (71.5 %). From the shipped pretrained encoder it still loses: revisit_a,
+    19.5 minutes of stage 1, validation error 0.227 m (20.8 % within 10 cm) after 9265 steps
+    with it, 0.140 m (37.5 %) after 10712 without (training loss 0.24 vs 0.10 m). Turn it on
+    (`dsac_train --augment`) for budgets that reach convergence (GPU, hours).
 
     batch_size: 4 images, not 8: a CPU-bound stage 1 learns more from twice the steps. On
     revisit_a, 24 minutes on the 2-core AVX2 CPU: 2940 steps of 4 reached a training error of
