@@ -181,9 +181,12 @@ def open_session(config: TrainConfig, runtime: Runtime) -> Session:
             encoder = load_encoder(config.encoder)
             load_encoder_into(coord_net, encoder)
             encoder_origin = f'{config.encoder.name} sha256:{encoder.digest[:16]}'
-            _LOG.info('encoder initialised from %s (pretrained %s steps, %s minutes)',
-                      config.encoder, encoder.metadata.get('pretrain_steps', '?'),
-                      encoder.metadata.get('pretrain_minutes', '?'))
+            meta = encoder.metadata
+            earlier = (f', after {meta["init_encoder_steps"]} steps of an earlier run'
+                       if 'init_encoder_steps' in meta else '')
+            _LOG.info('encoder initialised from %s (pretrained %s steps, %s minutes%s)',
+                      config.encoder, meta.get('pretrain_steps', '?'),
+                      meta.get('pretrain_minutes', '?'), earlier)
         score_net = None
         scoring = Scoring.SOFT_INLIERS
     coord_net = coord_net.to(runtime.device)
