@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from dsac_ros.demo.dds_env import loopback_dds_env
+from dsac_ros.demo.processes import honour_sigint
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHM = Path('/dev/shm')
@@ -38,6 +39,9 @@ def pytest_configure(config: pytest.Config) -> None:
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     config.stash[_SHM_BEFORE] = _fastdds_shm_files()
+    # Tests stop children with SIGINT; a suite started in the background (SIGINT ignored,
+    # inherited across exec) would otherwise hand that to every child.
+    honour_sigint()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 import sys
 
+from dsac_ros.demo.processes import honour_sigint
 from dsac_ros.demo.run import DemoConfig, format_report, run_demo
 from dsac_ros.device import Device
 from dsac_ros.dsac import Scoring
@@ -51,6 +52,7 @@ def parse_args(argv: list[str] | None = None) -> DemoConfig:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format='[demo] %(message)s')
     config = parse_args(argv)
+    honour_sigint()
     try:
         result = run_demo(config)
     except KeyboardInterrupt:

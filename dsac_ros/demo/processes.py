@@ -41,6 +41,16 @@ class Child:
         return self.process.poll()
 
 
+def honour_sigint() -> None:
+    """Lets SIGINT interrupt this process (KeyboardInterrupt) even when it was started with
+    SIGINT ignored, as a non-interactive shell starts its background jobs. Ignored SIGINT
+    survives exec, so without this the demo would not stop on Ctrl-C and its children
+    (stopped with SIGINT first, see `RosProcesses.stop`) would shut rclpy down without a
+    KeyboardInterrupt. Call from the main thread."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def module_command(module: str, *args: str) -> list[str]:
     """``python -m module args...`` with this interpreter."""
     return [sys.executable, '-m', module, *args]
