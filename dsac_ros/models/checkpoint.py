@@ -261,12 +261,20 @@ ENCODER_FORMAT_VERSION = 1
 @dataclass(frozen=True)
 class EncoderFile:
     """A pretrained encoder (``training.pretrain``): the architecture it belongs to, the
-    encoder's state (float32), what made it (``metadata``) and its content digest."""
+    encoder's state (float32), what made it (``metadata``), its content digest and the file
+    it was read from."""
 
     net_config: SceneCoordinateNetConfig
     state_dict: dict[str, Tensor]
     metadata: dict[str, Any]
     digest: str
+    path: Path
+
+    @property
+    def origin(self) -> str:
+        """``<file name> sha256:<digest>``: how a run that starts from this encoder names it
+        (a pretraining curriculum's lineage, a scene model's metadata)."""
+        return f'{self.path.name} sha256:{self.digest}'
 
 
 def save_encoder(path: str | os.PathLike, net: SceneCoordinateNet,
@@ -301,7 +309,7 @@ def load_encoder(path: str | os.PathLike) -> EncoderFile:
                  for k, v in raw['state_dict'].items()}
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
         raise CheckpointError(f'encoder file {path}: bad entry: {exc}') from exc
-    return EncoderFile(config, state, dict(raw.get('metadata') or {}), stored)
+    return EncoderFile(config, state, dict(raw.get('metadata') or {}), stored, path)
 
 
 def load_encoder_into(net: SceneCoordinateNet, encoder: EncoderFile) -> None:

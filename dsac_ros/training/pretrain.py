@@ -324,7 +324,7 @@ def pretrain(config: PretrainConfig) -> Path:
         if config.init_encoder is not None and not state_path.exists():
             start = load_encoder(config.init_encoder)
             load_encoder_into(net, start)
-            lineage = {'init_encoder': f'{config.init_encoder.name} sha256:{start.digest}',
+            lineage = {'init_encoder': start.origin,
                        'init_encoder_steps': start.metadata.get('pretrain_steps', 0),
                        'init_encoder_minutes': start.metadata.get('pretrain_minutes', 0.0)}
             _report(config, f'starting from the encoder {lineage["init_encoder"]} '

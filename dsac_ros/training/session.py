@@ -180,7 +180,7 @@ def open_session(config: TrainConfig, runtime: Runtime) -> Session:
         if config.encoder is not None:
             encoder = load_encoder(config.encoder)
             load_encoder_into(coord_net, encoder)
-            encoder_origin = f'{config.encoder.name} sha256:{encoder.digest[:16]}'
+            encoder_origin = encoder.origin
             meta = encoder.metadata
             earlier = (f', after {meta["init_encoder_steps"]} steps of an earlier run'
                        if 'init_encoder_steps' in meta else '')
