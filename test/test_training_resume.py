@@ -156,3 +156,26 @@ def test_train_from_bag_in_process(tiny_scene: Path, tmp_path: Path):
     # Bad input: a missing topic gives exit status 2, not a traceback.
     assert main(['--bag', str(bag), '--out', str(tmp_path / 'x'), '--image-topic', '/nope',
                  '--camera-info-topic', topics.camera_info, '--pose-topic', topics.pose]) == 2
+
+
+def test_optimizer_state_of_other_groups_restarts_the_moments():
+    """A run saved when stage 1 had one parameter group resumes under two (encoder, head):
+    the moments restart, nothing raises; a fitting state is restored exactly."""
+    import torch
+
+    from dsac_ros.training.config import LrSchedule
+    from dsac_ros.training.session import Optim, restore_optimizer
+
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    old = torch.optim.Adam(net.parameters(), lr=1e-3)
+    net(torch.randn(5, 3)).square().sum().backward()
+    old.step()
+    two_groups = torch.optim.Adam([{'params': net[0].parameters()},
+                                   {'params': net[1].parameters()}], lr=1e-3)
+    schedule = LrSchedule(lr=1e-3)
+    assert not restore_optimizer(Optim('coords', two_groups, schedule), old.state_dict())
+    assert len(two_groups.state) == 0
+    same = torch.optim.Adam(net.parameters(), lr=1e-3)
+    assert restore_optimizer(Optim('coords', same, schedule), old.state_dict())
+    moments = [same.state[p]['exp_avg'] for p in net.parameters()]
+    assert all(torch.equal(m, old.state[p]['exp_avg']) for m, p in zip(moments, net.parameters()))

@@ -231,6 +231,19 @@ def stage_generator(session: Session, stage: Stage) -> torch.Generator:
     return g
 
 
+def restore_optimizer(optim: Optim, state: dict) -> bool:
+    """Load a saved optimizer state; False (and a warning) when it was saved for other
+    parameter groups, e.g. by a version whose stage 1 had one group where it now has two
+    (encoder and head): the weights still resume, the optimizer's moments start afresh."""
+    try:
+        optim.optimizer.load_state_dict(state)
+    except ValueError as exc:
+        _LOG.warning('optimizer %s: saved state does not fit (%s); its moments start afresh, '
+                     'the weights resume', optim.name, exc)
+        return False
+    return True
+
+
 def run_loop(session: Session, stage: Stage, budget: Budget, optims: list[Optim],
           generator: torch.Generator,
           step_fn: Callable[[int, float], dict[str, float]]) -> None:
@@ -244,7 +257,7 @@ def run_loop(session: Session, stage: Stage, budget: Budget, optims: list[Optim]
         states = resume.get('optimizers', {})
         for o in optims:
             if o.name in states:
-                o.optimizer.load_state_dict(states[o.name])
+                restore_optimizer(o, states[o.name])
         rng = resume.get('rng', {})
         if runtime.is_main and 'data' in rng:
             generator.set_state(rng['data'])
