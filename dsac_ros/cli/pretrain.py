@@ -1,16 +1,19 @@
 """dsac_pretrain: pretrain the coordinate net's encoder on procedurally generated rooms.
 
 The package ships the result as ``dsac_ros/assets/encoder.pt``; ``dsac_train`` starts every new
-scene from it. The shipped one was made on a 2-core CPU in two runs, 4 rooms then 8 from that
-encoder (many rooms from random weights learn slowly; docs/BENCHMARKS.md)::
+scene from it. The shipped one was made on a 2-core CPU in three runs, 4 rooms, then 8 from
+that encoder, then 16 from that one (many rooms from random weights learn slowly;
+docs/BENCHMARKS.md)::
 
     dsac_pretrain --out runs/pretrain4 --minutes 50 --threads 2
     dsac_pretrain --out runs/pretrain8 --rooms 8 --minutes 50 --threads 2 \
         --init-encoder runs/pretrain4/encoder.pt
-    cp runs/pretrain8/encoder.pt dsac_ros/assets/encoder.pt
+    dsac_pretrain --out runs/pretrain16 --rooms 16 --minutes 60 --threads 2 \
+        --init-encoder runs/pretrain8/encoder.pt
+    cp runs/pretrain16/encoder.pt dsac_ros/assets/encoder.pt
 
-(Seeds 10000-10007, 500 mapping-walk frames and 100 random views per room; 15723 + 14606
-steps.)
+(Seeds 10000-10015, 500 mapping-walk frames and 100 random views per room; 15723 + 14606 +
+20792 steps.)
 A longer run or more rooms on a faster machine gives a better start; the file's metadata says
 what made it.
 

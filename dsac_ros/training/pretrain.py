@@ -23,10 +23,12 @@ gave 41.5-43 % (componentwise) at 10.7 k stage-1 steps, where random starts gave
 12.7-14 k. Many rooms at once learn slowly on a CPU: with 32 or 8 rooms of random views the
 loss stayed at 2.6-2.9 m for the first 900 steps. So the shipped encoder is a curriculum
 (``PretrainConfig.init_encoder``): 50 minutes on 4 rooms, then 50 on 8 from that encoder (loss
-2.0 m after 200 steps, 0.38 m at the end). On ``free_a`` (10 + 2.3 minutes as above) the
-8-room encoder gave 16.5 % within 5 cm / 5 deg and 46.5 % within 10 cm / 10 deg, the 4-room one
-10.5 % and 37.5 %; the README's 30 minutes on ``revisit_a`` 45.5-46.5 % componentwise at 13.6 k
-steps.
+2.0 m after 200 steps, 0.38 m at the end), then 60 on 16 from that one (0.34 m at the end). On
+``free_a`` (10 + 2.3 minutes as above) the 8-room encoder gave 16.5 % within 5 cm / 5 deg and
+46.5 % within 10 cm / 10 deg, the 4-room one 10.5 % and 37.5 %, the 16-room one 15.0 % and
+47.5 % (a tie); the README's 30 minutes on ``revisit_a`` 45.5-46.5 % componentwise at 13.6 k
+steps from the 8-room encoder, 48.5-50 % at 15.3 k from the 16-room one, whose training loss
+was 1-13 % lower at equal steps.
 """
 
 from __future__ import annotations
