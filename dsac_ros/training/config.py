@@ -162,7 +162,7 @@ class CoordStageConfig:
     On a 2-core CPU with AMX bf16 (Sapphire Rapids; about 5x the steps) it still loses in the
     README's 30 minutes, same room: 22335 steps, validation error 0.184 m after stage 1 (0.062 m
     without), test coordinate error 6.8 cm (3.1 cm), 29.5 % of the test poses within
-    5 cm / 5 deg (71.5 %). From the shipped pretrained encoder it still loses: revisit_a,
+    5 cm / 5 deg (71.5 %). From a pretrained encoder (4 rooms) it still loses: revisit_a,
     19.5 minutes of stage 1, validation error 0.227 m (20.8 % within 10 cm) after 9265 steps
     with it, 0.140 m (37.5 %) after 10712 without (training loss 0.24 vs 0.10 m). Turn it on
     (`dsac_train --augment`) for budgets that reach convergence (GPU, hours).
@@ -200,7 +200,7 @@ class CoordStageConfig:
     # 12.7 k steps; docs/BENCHMARKS.md), so it stays off until a run converges.
     reprojection: ReprojectionPhase = ReprojectionPhase()
     # The encoder's learning rate relative to the head's (``lr``). 1: a pretrained encoder
-    # must still adapt to the room. Measured on free_a, 10 + 2.3 minutes from the shipped
+    # must still adapt to the room. Measured on free_a, 10 + 2.3 minutes from the 8-room
     # encoder: 0.3 gave 3.5 % within 5 cm / 5 deg (validation 0.113 m, 5737 steps), 1.0 16.5 %
     # (0.093 m, 7336 steps).
     encoder_lr_scale: float = 1.0
