@@ -57,7 +57,6 @@ from pathlib import Path
 import sys
 
 import rclpy
-from rclpy._rclpy_pybind11 import RCLError
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 
@@ -216,10 +215,11 @@ def run_node(node_class, args: list[str] | None = None) -> int:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    except RCLError:
+    except RuntimeError:
         # Started with SIGINT ignored (a shell's background job), rclpy's own handler shuts
         # the context down without a KeyboardInterrupt, and the executor's wait set can then
-        # fail on the invalid context: that is a requested stop, not a crash.
+        # fail on the invalid context (rclpy's RCLError, a RuntimeError): a requested stop,
+        # not a crash.
         if rclpy.ok():
             raise
     finally:
