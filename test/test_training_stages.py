@@ -2,6 +2,7 @@
 
 import csv
 from dataclasses import replace
+import logging
 from pathlib import Path
 import shutil
 
@@ -50,12 +51,13 @@ from dsac_ros.training.losses import (
     score_targets,
 )
 from dsac_ros.training.runtime import Runtime, setup_runtime
-from dsac_ros.training.session import open_session
+from dsac_ros.training.session import TrainResult, open_session
 from dsac_ros.training.stages import (
     _guarded_reprojection_on_frames,
     buffer_cells,
     end_to_end_loss,
     score_net_wins,
+    train_e2e,
 )
 from dsac_ros.training.trainer import train
 
@@ -97,7 +99,9 @@ def test_presets_and_budget():
     assert paper.coords.lr.at(49_999, 0.0) == 1e-4 and paper.coords.lr.at(50_000, 0.0) == 5e-5
     assert paper.e2e.coord_lr.at(10, 0.0) == pytest.approx(1e-4 / 2.0)
     assert paper.e2e.score_lr.at(500, 0.5) == 1e-7
+    assert not paper.e2e.through_deployed_scoring  # the paper: through its Score CNN
     default = preset_config('default', '/s', '/o')
+    assert default.e2e.through_deployed_scoring
     assert default.coords.lr.at(0, 0.0) == pytest.approx(2e-3)
     assert default.coords.lr.at(0, 0.5) == pytest.approx(1e-3)
     assert default.coords.lr.at(0, 1.0) == pytest.approx(0.0, abs=1e-12)
@@ -493,6 +497,47 @@ def test_e2e_stage_runs_and_logs(tiny_scene: Path, tmp_path: Path):
     reloc = Relocalizer.from_checkpoint(out / 'model.pt', RelocalizerConfig(device='cpu'))
     assert reloc.estimator_config.inlier_threshold_px == settings.inlier_threshold_px
     assert reloc.uses_score_net == (settings.scoring is Scoring.SCORE_NET)
+
+
+@pytest.fixture(scope='module')
+def rough_componentwise_model(tiny_scene: Path, tmp_path_factory) -> Path:
+    """A componentwise model with a Score CNN, good enough at a loose threshold (8 px at
+    80x64) to give valid pose hypotheses."""
+    out = tmp_path_factory.mktemp('componentwise')
+    train(_config(tiny_scene, out, max_frames=4, inlier_threshold_px=8.0,
+                  stages=(Stage.COORDS, Stage.HEAD, Stage.SCORE),
+                  coords=_whole_frames(budget=Budget(iterations=200), batch_size=4),
+                  head=HeadStageConfig(budget=Budget(iterations=200), cells_per_step=256),
+                  score=ScoreStageConfig(budget=Budget(iterations=10), batch_size=16)))
+    return out / 'model.pt'
+
+
+@pytest.mark.parametrize('deployed, as_paper', [(Scoring.SOFT_INLIERS, False),
+                                                (Scoring.SCORE_NET, False),
+                                                (Scoring.SOFT_INLIERS, True)])
+def test_e2e_trains_through_the_scoring_the_model_is_deployed_with(
+        tiny_scene: Path, rough_componentwise_model: Path, tmp_path: Path, deployed: Scoring,
+        as_paper: bool, caplog):
+    # A score learning rate large enough for a float32 weight to move in two steps; the paper
+    # (its preset) trains through the Score CNN whatever the validation frames chose.
+    e2e = EndToEndStageConfig(budget=Budget(iterations=2), num_hypotheses=32,
+                              score_lr=LrSchedule(1e-2, Schedule.CONSTANT),
+                              through_deployed_scoring=not as_paper)
+    config = _config(tiny_scene, tmp_path / 'e2e', max_frames=4, inlier_threshold_px=8.0,
+                     stages=(Stage.E2E,), e2e=e2e, init_checkpoint=rough_componentwise_model)
+    session = open_session(config, setup_runtime('cpu', Precision.FP32))
+    session.scoring = deployed  # what `validate_scoring` chose after the score stage
+    session.result = TrainResult(config.out_dir, config.out_dir / 'checkpoint.pt',
+                                 config.out_dir / 'model.pt')
+    before = [p.detach().clone() for p in session.score_net.parameters()]
+    with caplog.at_level(logging.INFO, logger='dsac_ros.training.stages'):
+        train_e2e(session)
+    moved = [not torch.equal(a, b) for a, b in zip(before, session.score_net.parameters())]
+    assert 'no valid hypothesis' not in caplog.text  # the pipeline ran, with gradients
+    through_soft_inliers = deployed is Scoring.SOFT_INLIERS and not as_paper
+    assert any(moved) != through_soft_inliers
+    assert ('trains through soft inlier counts' in caplog.text) == through_soft_inliers
+    assert ('Score CNN, no augmentation' in caplog.text) != through_soft_inliers
 
 
 def test_e2e_stage_with_augmentation_and_threshold(tiny_scene: Path, tmp_path: Path):
