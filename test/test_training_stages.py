@@ -471,13 +471,17 @@ def test_e2e_gradients_reach_both_networks(tiny_scene: Path, selection: Selectio
     assert 0.0 < seen_grad['net_output'] <= 1e-3 + 1e-9
 
 
+# Enough coordinate training, at a loose threshold (8 px at 80x64), for valid pose hypotheses
+# in the e2e stage: without them its loss is 0 and nothing is tested.
+_ROUGH_BUT_VALID = dict(
+    inlier_threshold_px=8.0,
+    coords=_whole_frames(budget=Budget(iterations=200), batch_size=4),
+    head=HeadStageConfig(budget=Budget(iterations=200), cells_per_step=256))
+
+
 def test_e2e_stage_runs_and_logs(tiny_scene: Path, tmp_path: Path):
     out = tmp_path / 'e2e'
-    # Enough coordinate training, at a loose threshold (8 px at 80x64), for valid hypotheses:
-    # the e2e loss must be a real one.
-    config = _config(tiny_scene, out, max_frames=4, inlier_threshold_px=8.0,
-                     coords=_whole_frames(budget=Budget(iterations=200), batch_size=4),
-                     head=HeadStageConfig(budget=Budget(iterations=200), cells_per_step=256),
+    config = _config(tiny_scene, out, max_frames=4, **_ROUGH_BUT_VALID,
                      score=ScoreStageConfig(budget=Budget(iterations=10), batch_size=16),
                      e2e=EndToEndStageConfig(budget=Budget(iterations=4), num_hypotheses=32,
                                              selection=Selection.SOFTAM))
@@ -509,10 +513,8 @@ def rough_componentwise_model(tiny_scene: Path, tmp_path_factory) -> Path:
     """A componentwise model with a Score CNN, good enough at a loose threshold (8 px at
     80x64) to give valid pose hypotheses."""
     out = tmp_path_factory.mktemp('componentwise')
-    train(_config(tiny_scene, out, max_frames=4, inlier_threshold_px=8.0,
+    train(_config(tiny_scene, out, max_frames=4, **_ROUGH_BUT_VALID,
                   stages=(Stage.COORDS, Stage.HEAD, Stage.SCORE),
-                  coords=_whole_frames(budget=Budget(iterations=200), batch_size=4),
-                  head=HeadStageConfig(budget=Budget(iterations=200), cells_per_step=256),
                   score=ScoreStageConfig(budget=Budget(iterations=10), batch_size=16)))
     return out / 'model.pt'
 
@@ -534,11 +536,14 @@ def test_e2e_trains_through_the_scoring_the_model_is_deployed_with(
     session.scoring = deployed  # what `validate_scoring` chose after the score stage
     session.result = TrainResult(config.out_dir, config.out_dir / 'checkpoint.pt',
                                  config.out_dir / 'model.pt')
-    before = [p.detach().clone() for p in session.score_net.parameters()]
+    score_before = [p.detach().clone() for p in session.score_net.parameters()]
+    coords_before = [p.detach().clone() for p in session.coord_net.head.parameters()]
     with caplog.at_level(logging.INFO, logger='dsac_ros.training.stages'):
         train_e2e(session)
-    moved = [not torch.equal(a, b) for a, b in zip(before, session.score_net.parameters())]
     assert 'no valid hypothesis' not in caplog.text  # the pipeline ran, with gradients
+    assert any(not torch.equal(a, b)
+               for a, b in zip(coords_before, session.coord_net.head.parameters()))
+    moved = [not torch.equal(a, b) for a, b in zip(score_before, session.score_net.parameters())]
     through_soft_inliers = deployed is Scoring.SOFT_INLIERS and not as_paper
     assert any(moved) != through_soft_inliers
     assert ('trains through soft inlier counts' in caplog.text) == through_soft_inliers
