@@ -105,6 +105,9 @@ def main() -> None:
             cell_sets = (at_est < tau, at_gt < 2, at_gt < tau, coord_err < 0.02,
                          coord_err < 0.04)
             for name, cells in zip(names[1:], cell_sets):
+                if name == names[1] and not loc.valid:  # no estimate, so no inliers of its own
+                    poses[name].append(np.full((4, 4), np.nan))
+                    continue
                 poses[name].append(opencv_pose(predicted[cells], pixels[cells], K, T_cw_est))
 
     T_cw_gt_all = data.T_cw_b44.double().numpy()
