@@ -102,12 +102,11 @@ def main() -> None:
             inliers.append(((at_est < tau).sum(), (at_gt < tau).sum(),
                             (at_est < 2).sum(), (at_gt < 2).sum()))
             poses['estimator'].append(loc.T_cw if loc.valid else np.full((4, 4), np.nan))
-            cell_sets = (at_est < tau, at_gt < 2, at_gt < tau, coord_err < 0.02,
+            # Without an estimate there are no inliers of its own (too few cells: no pose).
+            its_inliers = (at_est < tau) & loc.valid
+            cell_sets = (its_inliers, at_gt < 2, at_gt < tau, coord_err < 0.02,
                          coord_err < 0.04)
             for name, cells in zip(names[1:], cell_sets):
-                if name == names[1] and not loc.valid:  # no estimate, so no inliers of its own
-                    poses[name].append(np.full((4, 4), np.nan))
-                    continue
                 poses[name].append(opencv_pose(predicted[cells], pixels[cells], K, T_cw_est))
 
     T_cw_gt_all = data.T_cw_b44.double().numpy()
