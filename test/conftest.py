@@ -13,9 +13,11 @@ import shutil
 import sys
 
 import cv2
+import numpy as np
 import pytest
 import torch
 
+from dsac_ros.data.synthetic import SyntheticRoom, SyntheticSceneConfig, trajectories
 from dsac_ros.demo.dds_env import loopback_dds_env
 from dsac_ros.demo.processes import honour_sigint
 
@@ -62,3 +64,18 @@ def ros_env() -> dict[str, str]:
 @pytest.fixture(scope='session')
 def repo_root() -> Path:
     return REPO_ROOT
+
+
+@pytest.fixture(scope='module')
+def room_frames():
+    """Four frames of the synthetic room's first training sequence, rendered exactly:
+    (room, config, images (4, H, W, 3) uint8, depth (4, H, W) metres, T_cw (4, 4, 4) float64);
+    the renderer draws any other view of the same room for comparison."""
+    config = SyntheticSceneConfig(train_frames=6, test_frames=1)
+    room = SyntheticRoom(config.seed, config.room_size_m)
+    poses = np.concatenate(trajectories(config)[0])[:4]
+    rendered = [room.render_frame(T, config.K, config.width, config.height) for T in poses]
+    images = torch.from_numpy(np.stack([r[0] for r in rendered]))
+    depth = torch.from_numpy(np.stack([r[1] for r in rendered]))
+    T_cw = torch.from_numpy(np.linalg.inv(poses))
+    return room, config, images, depth, T_cw

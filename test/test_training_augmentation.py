@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from dsac_ros.data.seven_scenes import scene_coordinates_from_depth
-from dsac_ros.data.synthetic import SyntheticRoom, SyntheticSceneConfig, trajectories
 from dsac_ros.geometry.camera import cell_centers
 from dsac_ros.training.augmentation import AugmentationConfig, augment_batch, crop_batch
 
@@ -18,15 +17,8 @@ GEOMETRIC = replace(AugmentationConfig.none(), max_rotation_deg=30.0, min_scale=
 
 
 @pytest.fixture(scope='module')
-def frames():
-    config = SyntheticSceneConfig(train_frames=6, test_frames=1)
-    room = SyntheticRoom(config.seed, config.room_size_m)
-    poses = np.concatenate(trajectories(config)[0])[:4]
-    rendered = [room.render_frame(T, config.K, config.width, config.height) for T in poses]
-    images = torch.from_numpy(np.stack([r[0] for r in rendered]))
-    depth = torch.from_numpy(np.stack([r[1] for r in rendered]))
-    T_cw = torch.from_numpy(np.linalg.inv(poses))
-    return room, config, images, depth, T_cw
+def frames(room_frames):
+    return room_frames
 
 
 def test_none_is_identity(frames):

@@ -20,6 +20,7 @@ from dsac_ros.dsac import (
 )
 from dsac_ros.geometry.camera import cell_centers
 from dsac_ros.geometry.scoring import reprojection_errors
+from dsac_ros.geometry.transforms import perturb_poses
 from dsac_ros.models.checkpoint import load_checkpoint, read_checkpoint_dict
 from dsac_ros.models.scene_coordinate_net import SceneCoordinateNet, SceneCoordinateNetConfig
 from dsac_ros.models.score_net import ScoreNet, ScoreNetConfig
@@ -45,11 +46,11 @@ from dsac_ros.training.config import (
 from dsac_ros.training.data import load_training_set, validation_split
 from dsac_ros.training.losses import (
     guarded_reprojection_loss,
-    perturb_poses,
     reprojection_init_loss,
     reprojection_init_terms,
     score_targets,
 )
+from dsac_ros.training.novel_views import NovelViewConfig
 from dsac_ros.training.runtime import Runtime, setup_runtime
 from dsac_ros.training.session import TrainResult, open_session
 from dsac_ros.training.stages import (
@@ -322,7 +323,7 @@ def test_stage1_with_a_reprojection_phase_fits_the_frames(tiny_scene: Path, tmp_
 
 def test_cell_buffer_holds_the_encoder_features_of_the_frames_cells(tiny_scene: Path,
                                                                     tmp_path: Path):
-    config = _config(tiny_scene, tmp_path / 'run', max_frames=4)
+    config = _config(tiny_scene, tmp_path / 'run', max_frames=4, novel_views=NovelViewConfig())
     session = open_session(config, setup_runtime('cpu', Precision.FP32))
     net, data = session.coord_net.eval(), session.data
     full = buffer_cells(session, max_cells=10**6)

@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help='head stage: augmented copies of every training frame (camera roll, '
                         "zoom, exposure) buffered besides the frame itself (default: the "
                         "preset's)")
+    p.add_argument('--novel-views', type=int,
+                   help='views of every training frame from a camera moved 1.5-25 cm and '
+                        'turned 1.5-25 deg, rendered from its depth, trained on besides the '
+                        "frames (default: the preset's)")
     p.add_argument('--e2e-frames', type=int, help='images per end-to-end step')
     p.add_argument('--hypotheses', type=int, help='hypotheses per image in end-to-end training')
     p.add_argument('--e2e-lr', type=float,
@@ -180,6 +184,9 @@ def config_from_args(args: argparse.Namespace, scene: Path):
     if args.head_copies is not None:
         head = replace(head, augmented_copies=args.head_copies)
     config = replace(config, e2e=e2e, coords=coords, head=head)
+    if args.novel_views is not None:
+        config = replace(config, novel_views=replace(config.novel_views,
+                                                     copies=args.novel_views))
     if args.encoder == 'none':
         config = replace(config, encoder=None)
     elif args.encoder != 'shipped':

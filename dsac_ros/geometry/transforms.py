@@ -16,6 +16,7 @@ comes from one implementation.
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import numpy as np
@@ -33,6 +34,7 @@ __all__ = [
     'matrix_to_pose_np',
     'matrix_to_quaternion',
     'matrix_to_quaternion_np',
+    'perturb_poses',
     'pose_errors',
     'pose_errors_np',
     'pose_loss',
@@ -280,6 +282,39 @@ def pose_loss(T_cw_est: Tensor, T_cw_gt: Tensor) -> Tensor:
     """DSAC pose loss (paper Eq. 9): max(angle in degrees, camera-centre error in cm), (...)."""
     deg, m = pose_errors(T_cw_est, T_cw_gt)
     return torch.maximum(deg, 100.0 * m)
+
+
+def perturb_poses(T_cw_b44: Tensor, generator: torch.Generator | None,
+                  min_magnitude: float = 1.0, max_magnitude: float = 30.0) -> Tensor:
+    """Poses around the ground truth for score regression, some within 5 deg / 5 cm, some
+    beyond (paper Sec. 4.1).
+
+    A magnitude m is drawn log-uniformly in [min, max]; the rotation error is m * U(0.3, 1)
+    degrees about a random axis and the camera centre moves m * U(0.3, 1) centimetres in a
+    random direction. With the defaults about half of the poses fall within 5 deg / 5 cm.
+
+    T_cw_b44: (B, 4, 4) world-to-camera. Returns (B, 4, 4) world-to-camera, same dtype.
+    """
+    B = T_cw_b44.shape[0]
+    device, dtype = T_cw_b44.device, T_cw_b44.dtype
+
+    def rand(*shape: int) -> Tensor:
+        return torch.rand(*shape, generator=generator, dtype=torch.float64).to(device, dtype)
+
+    def direction() -> Tensor:
+        v = torch.randn(B, 3, generator=generator, dtype=torch.float64).to(device, dtype)
+        return v / v.norm(dim=-1, keepdim=True).clamp_min(1e-9)
+
+    log_lo, log_hi = math.log(min_magnitude), math.log(max_magnitude)
+    m = torch.exp(log_lo + (log_hi - log_lo) * rand(B))
+    angle_rad = torch.deg2rad(m * (0.3 + 0.7 * rand(B)))
+    shift_m = 0.01 * m * (0.3 + 0.7 * rand(B))
+    R_delta = axis_angle_to_matrix(direction() * angle_rad[:, None])
+    T_wc = invert_se3(T_cw_b44)
+    # Rotate the camera about its own centre, then move the centre.
+    R_wc = T_wc[:, :3, :3] @ R_delta
+    c = T_wc[:, :3, 3] + direction() * shift_m[:, None]
+    return invert_se3(make_se3(R_wc, c))
 
 
 def quaternion_slerp(q0: Tensor, q1: Tensor, alpha: Tensor | float) -> Tensor:

@@ -75,6 +75,19 @@ class TrainingSet:
             depth_bhw=None if self.depth_bhw is None else self.depth_bhw[index],
             K_depth_33=self.K_depth_33)
 
+    def with_frames(self, images_b3hw: Tensor, coords_b3hw: Tensor, T_cw_b44: Tensor,
+                    names: list[str], depth_bhw: Tensor) -> TrainingSet:
+        """This set followed by more frames of the same camera (e.g. `novel_views`), shaped as
+        the fields; needs depth."""
+        if self.coords_b3hw is None or self.depth_bhw is None:
+            raise ValueError('frames with targets can only be added to a set with depth')
+        return TrainingSet(
+            images_b3hw=torch.cat([self.images_b3hw, images_b3hw]),
+            coords_b3hw=torch.cat([self.coords_b3hw, coords_b3hw]),
+            T_cw_b44=torch.cat([self.T_cw_b44, T_cw_b44.to(self.T_cw_b44.dtype)]),
+            K_33=self.K_33, names=self.names + list(names),
+            depth_bhw=torch.cat([self.depth_bhw, depth_bhw]), K_depth_33=self.K_depth_33)
+
     def scene_mean(self, index: Tensor | None = None) -> Tensor:
         """(3,) mean of the valid targets (metres, world) of frames ``index`` (default: all);
         camera centres if no depth."""

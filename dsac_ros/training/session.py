@@ -42,6 +42,7 @@ from dsac_ros.models.scene_coordinate_net import SceneCoordinateNet
 from dsac_ros.models.score_net import ScoreNet
 from dsac_ros.training.config import Budget, LrSchedule, Stage, TrainConfig
 from dsac_ros.training.data import TrainingSet, load_training_set, validation_split
+from dsac_ros.training.novel_views import make_novel_views
 from dsac_ros.training.runtime import Runtime, broadcast_flag
 
 _LOG = logging.getLogger(__name__)
@@ -145,9 +146,10 @@ def open_session(config: TrainConfig, runtime: Runtime) -> Session:
     n = len(train_index)
     if n < runtime.world_size:
         raise ValueError(f'{n} training frames cannot be shared by {runtime.world_size} ranks')
-    shard = train_index[runtime.rank::runtime.world_size]
     _LOG.info('%d training frames, %d held out for validation (the last %.0f %% of each '
               'sequence)', n, len(validation), 100 * config.validation_fraction)
+    data, train_index = _add_novel_views(config, data, train_index)
+    shard = train_index[runtime.rank::runtime.world_size]
     ckpt_path = config.out_dir / CHECKPOINT_NAME
     if runtime.is_main:
         for name in (CHECKPOINT_NAME, MODEL_NAME, COMPONENTWISE_MODEL_NAME):
@@ -198,6 +200,36 @@ def open_session(config: TrainConfig, runtime: Runtime) -> Session:
                    validation=validation, coord_net=coord_net, score_net=score_net,
                    completed=completed, resume=resume, scoring=scoring,
                    encoder_origin=encoder_origin)
+
+
+def _add_novel_views(config: TrainConfig, data: TrainingSet, train_index: Tensor
+                     ) -> tuple[TrainingSet, Tensor]:
+    """The training frames and their novel views (`novel_views`, ``config.novel_views``),
+    named ``novel/<source frame>/<k>``, appended to ``data``; the validation frames get none.
+    Drawn from the run's seed alone: a resumed run trains on the same views."""
+    cfg = config.novel_views
+    if cfg.copies == 0:
+        return data, train_index
+    if data.depth_bhw is None:
+        _LOG.warning('no depth: novel views (%d per frame) need depth, none made', cfg.copies)
+        return data, train_index
+    start = time.monotonic()
+    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + 17)
+    views, T_cw, source = make_novel_views(
+        data.images_b3hw[train_index], data.depth_bhw[train_index], data.T_cw_b44[train_index],
+        data.K_33, cfg, generator, K_depth_33=data.K_depth_33)
+    counts: dict[int, int] = {}
+    names = []
+    for s in source.tolist():
+        counts[s] = counts.get(s, 0) + 1
+        names.append(f'novel/{data.names[int(train_index[s])]}/{counts[s]}')
+    first = len(data)
+    data = data.with_frames(views.images_b3hw, views.coords_b3hw, T_cw, names, views.depth_bhw)
+    _LOG.info('%d novel views of %d training frames (moved %.0f-%.0f cm / deg, hole share '
+              '%.2f median) in %.0f s', len(source), len(train_index), cfg.min_magnitude,
+              cfg.max_magnitude, float(views.hole_share_b.median()) if len(source) else 0.0,
+              time.monotonic() - start)
+    return data, torch.cat([train_index, torch.arange(first, len(data))])
 
 
 def _check_camera(K: Tensor, image_size: tuple[int, int], data: TrainingSet, path: Path) -> None:

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from dsac_ros.dsac import DsacEstimator, EstimatorConfig, Scoring, expected_pose_loss
 from dsac_ros.geometry.camera import cell_centers
 from dsac_ros.geometry.scoring import reprojection_errors
-from dsac_ros.geometry.transforms import pose_errors
+from dsac_ros.geometry.transforms import perturb_poses, pose_errors
 from dsac_ros.models.score_net import ScoreNet, ScoreNetConfig
 from dsac_ros.training.augmentation import AugmentationConfig, augment_batch, crop_batch
 from dsac_ros.training.config import COORD_GRAD_UNIT_M, ReprojectionPhase, Stage
@@ -26,7 +26,6 @@ from dsac_ros.training.data import TrainingSet
 from dsac_ros.training.losses import (
     coordinate_loss,
     guarded_reprojection_loss,
-    perturb_poses,
     reprojection_init_loss,
     reprojection_init_terms,
     score_targets,
