@@ -65,8 +65,11 @@ class NovelViewConfig:
 
 @dataclass(frozen=True)
 class RenderedViews:
-    """images_b3hw: (B, 3, H, W) uint8 RGB. depth_bhw: (B, H, W) float32 metres, NaN in holes.
-    coords_b3hw: (B, 3, H/s, W/s) float32 world metres at the cell centres, NaN in holes.
+    """images_b3hw: (B, 3, H, W) uint8 RGB. depth_bhw: (B, H, W) float32 metres, NaN in holes:
+    the z of the new camera with the colour intrinsics (where a scene's depth intrinsics differ
+    from its colour ones, as in raw 7-Scenes, the views' depth is not in the scene's depth
+    convention; their targets are exact either way). coords_b3hw: (B, 3, H/s, W/s) float32
+    world metres at the cell centres, NaN in holes.
     hole_share_b: (B,) share of the pixels nothing was seen at."""
 
     images_b3hw: Tensor
