@@ -225,9 +225,9 @@ def _add_novel_views(config: TrainConfig, data: TrainingSet, train_index: Tensor
         names.append(f'novel/{data.names[int(train_index[s])]}/{counts[s]}')
     first = len(data)
     data = data.with_frames(views.images_b3hw, views.coords_b3hw, T_cw, names, views.depth_bhw)
-    _LOG.info('%d novel views of %d training frames (cameras turned and moved %.1f-%.0f deg '
-              '/ cm, hole share %.2f median) in %.0f s', len(source), len(train_index),
-              0.3 * cfg.min_magnitude, cfg.max_magnitude,
+    _LOG.info('%d novel views of %d training frames (pose changes of magnitude %.0f-%.0f, '
+              '`perturb_poses`; hole share %.2f median) in %.0f s', len(source),
+              len(train_index), cfg.min_magnitude, cfg.max_magnitude,
               float(views.hole_share_b.median()) if len(source) else 0.0,
               time.monotonic() - start)
     return data, torch.cat([train_index, torch.arange(first, len(data))])
