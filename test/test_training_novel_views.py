@@ -42,9 +42,9 @@ def test_the_recorded_camera_gives_the_frame_back(frames):
 
 
 def test_a_moved_camera_sees_what_the_renderer_draws_there(frames):
-    """Moved 5-25 cm and turned 5-25 deg: the colour where the source saw the scene, and the
-    targets of the cells, agree with a rendering at the new pose; the targets reproject onto
-    their cell centres."""
+    """Moved and turned 1.5-25 cm / deg (pose changes of magnitude 5-25): the colour where the
+    source saw the scene, and the targets of the cells, agree with a rendering at the new pose;
+    the targets reproject onto their cell centres."""
     room, config, images, depth, T_cw = frames
     K = torch.from_numpy(config.K)
     T_new = perturb_poses(T_cw, torch.Generator().manual_seed(2), 5.0, 25.0)
