@@ -115,3 +115,19 @@ def test_a_training_session_trains_on_the_views_of_its_training_frames_only(tmp_
         assert source in plain.data.names and source not in validation_names
     again = open_session(config, runtime)
     assert torch.equal(again.data.images_b3hw, session.data.images_b3hw)
+
+
+def test_dsac_train_sets_the_number_and_reach_of_the_views(tmp_path: Path):
+    """One view per frame within 25 cm / 25 deg by default; --novel-views and
+    --novel-view-magnitude change them, the paper preset has none."""
+    from dsac_ros.cli.train import build_parser, config_from_args
+    base = ['--scene', str(tmp_path), '--out', str(tmp_path / 'out')]
+    parse = build_parser().parse_args
+    default = config_from_args(parse(base), tmp_path).novel_views
+    assert (default.copies, default.max_magnitude) == (1, 25.0)
+    wider = config_from_args(parse(base + ['--novel-views', '2', '--novel-view-magnitude', '40']),
+                             tmp_path).novel_views
+    assert (wider.copies, wider.max_magnitude) == (2, 40.0)
+    assert config_from_args(parse(base + ['--preset', 'paper']), tmp_path).novel_views.copies == 0
+    with pytest.raises(ValueError, match='min_magnitude'):
+        config_from_args(parse(base + ['--novel-view-magnitude', '2']), tmp_path)

@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help='views of every training frame from a camera moved 1.5-25 cm and '
                         'turned 1.5-25 deg, rendered from its depth, trained on besides the '
                         "frames (default: the preset's)")
+    p.add_argument('--novel-view-magnitude', type=float,
+                   help='largest move of a novel view in cm and deg (its smallest is 0.3 x '
+                        "5; default: the preset's, 25)")
     p.add_argument('--e2e-frames', type=int, help='images per end-to-end step')
     p.add_argument('--hypotheses', type=int, help='hypotheses per image in end-to-end training')
     p.add_argument('--e2e-lr', type=float,
@@ -187,6 +190,9 @@ def config_from_args(args: argparse.Namespace, scene: Path):
     if args.novel_views is not None:
         config = replace(config, novel_views=replace(config.novel_views,
                                                      copies=args.novel_views))
+    if args.novel_view_magnitude is not None:
+        config = replace(config, novel_views=replace(
+            config.novel_views, max_magnitude=args.novel_view_magnitude))
     if args.encoder == 'none':
         config = replace(config, encoder=None)
     elif args.encoder != 'shipped':
