@@ -87,11 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "preset's)")
     p.add_argument('--novel-views', type=int,
                    help='views of every training frame from a camera moved 1.5-25 cm and '
-                        'turned 1.5-25 deg, rendered from its depth, trained on besides the '
-                        "frames (default: the preset's)")
+                        'turned 1.5-25 deg (--novel-view-magnitude), rendered from its depth, '
+                        "trained on besides the frames (default: the preset's)")
     p.add_argument('--novel-view-magnitude', type=float,
-                   help='largest move of a novel view in cm and deg (its smallest is 0.3 x '
-                        "5; default: the preset's, 25)")
+                   help='novel views: the largest move, in cm and in deg (default: the '
+                        "preset's, 25; measured not to pay at 40, docs/BENCHMARKS.md)")
     p.add_argument('--e2e-frames', type=int, help='images per end-to-end step')
     p.add_argument('--hypotheses', type=int, help='hypotheses per image in end-to-end training')
     p.add_argument('--e2e-lr', type=float,
