@@ -186,13 +186,12 @@ def config_from_args(args: argparse.Namespace, scene: Path):
     head = config.head
     if args.head_copies is not None:
         head = replace(head, augmented_copies=args.head_copies)
-    config = replace(config, e2e=e2e, coords=coords, head=head)
+    views = config.novel_views
     if args.novel_views is not None:
-        config = replace(config, novel_views=replace(config.novel_views,
-                                                     copies=args.novel_views))
+        views = replace(views, copies=args.novel_views)
     if args.novel_view_magnitude is not None:
-        config = replace(config, novel_views=replace(
-            config.novel_views, max_magnitude=args.novel_view_magnitude))
+        views = replace(views, max_magnitude=args.novel_view_magnitude)
+    config = replace(config, e2e=e2e, coords=coords, head=head, novel_views=views)
     if args.encoder == 'none':
         config = replace(config, encoder=None)
     elif args.encoder != 'shipped':
