@@ -171,6 +171,25 @@ def test_training_starts_from_the_encoder_with_a_fresh_head(tmp_path: Path):
     params = dict(net.encoder.named_parameters())
     assert all(torch.equal(params[k], state[k]) for k in params)
     assert not torch.equal(net.head[-1].weight, session.coord_net.head[-1].weight)
+    # freeze_stem: the strided stem stays the pretrained one, the residual blocks learn
+    stem_frozen = replace(config, out_dir=tmp_path / 'stem',
+                          coords=replace(config.coords, freeze_stem=True))
+    net = load_checkpoint(train(stem_frozen).model).coord_net
+    stem_names = {k for k, _ in net.stem().named_parameters()}  # the encoder's prefix
+    params = dict(net.encoder.named_parameters())
+    assert stem_names and all(torch.equal(params[k], state[k]) for k in stem_names)
+    assert any(not torch.equal(params[k], state[k]) for k in params if k not in stem_names)
+
+
+def test_dsac_train_freezes_the_stem_on_request(tmp_path: Path):
+    """The stem is the encoder's strided part, up to 1/8 resolution; --freeze-stem keeps it."""
+    from dsac_ros.cli.train import build_parser, config_from_args
+    stem = SceneCoordinateNet().stem()
+    assert len(stem) == 4 and stem(torch.zeros(1, 3, 32, 48)).shape == (1, 128, 4, 6)
+    base = ['--scene', str(tmp_path), '--out', str(tmp_path / 'out')]
+    parse = build_parser().parse_args
+    assert not config_from_args(parse(base), tmp_path).coords.freeze_stem
+    assert config_from_args(parse(base + ['--freeze-stem']), tmp_path).coords.freeze_stem
 
 
 def test_default_preset_starts_from_the_shipped_encoder_where_it_fits():

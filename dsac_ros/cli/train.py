@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--crop-fraction', type=float,
                    help="stage 1: train on a random window of every image, this share of its "
                         "height and width (1: whole frames; default: the preset's)")
+    p.add_argument('--freeze-stem', action=argparse.BooleanOptionalAction, default=None,
+                   help="stage 1: keep the encoder's strided stem as the pretrained encoder "
+                        "left it and train the rest (default: the preset's)")
     p.add_argument('--head-copies', type=int,
                    help='head stage: augmented copies of every training frame (camera roll, '
                         "zoom, exposure) buffered besides the frame itself (default: the "
@@ -183,6 +186,8 @@ def config_from_args(args: argparse.Namespace, scene: Path):
         coords = replace(coords, batch_size=args.batch_size)
     if args.crop_fraction is not None:
         coords = replace(coords, crop_fraction=args.crop_fraction)
+    if args.freeze_stem is not None:
+        coords = replace(coords, freeze_stem=args.freeze_stem)
     head = config.head
     if args.head_copies is not None:
         head = replace(head, augmented_copies=args.head_copies)

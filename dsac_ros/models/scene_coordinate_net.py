@@ -142,6 +142,13 @@ class SceneCoordinateNet(nn.Module):
         self.register_buffer('pixel_std', torch.tensor([0.25, 0.25, 0.25]).view(1, 3, 1, 1),
                              persistent=False)
 
+    def stem(self) -> nn.Sequential:
+        """The encoder's strided convolutions up to 1/8 resolution (before the residual
+        blocks): the generic low-level part, which `CoordStageConfig.freeze_stem` keeps."""
+        first_block = next((i for i, m in enumerate(self.encoder) if isinstance(m, _ResBlock)),
+                           len(self.encoder))
+        return self.encoder[:first_block]
+
     def set_scene_mean(self, mean_3: Tensor) -> None:
         """Set the world-frame mean (metres) that predictions are offsets from."""
         mean_3 = torch.as_tensor(mean_3, dtype=torch.float32).reshape(3)

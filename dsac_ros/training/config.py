@@ -173,6 +173,11 @@ class CoordStageConfig:
     revisit_a, 24 minutes on the 2-core AVX2 CPU: 2940 steps of 4 reached a training error of
     0.20 m against 0.23 m for 1423 steps of 8, and after the whole 30-minute recipe a median
     pose error of 42 cm against 50 cm (RANSAC, soft inliers; both 0 % within 5 cm / 5 deg).
+    Batches of 2 from the pretrained encoder (session 16, 2-core AVX-512 bf16 CPU, 1.83x the
+    steps in the same time, seed 0): a lower training loss (0.068 vs 0.076 m on revisit_a),
+    a higher validation error after stage 1 (0.144 vs 0.122 m; free_a 0.073 vs 0.057 m), the
+    same after the head stage, and 55.5 vs 51.5 % within 5 cm / 5 deg on revisit_a (frames
+    won : lost 39 : 31), 22.5 vs 26.0 % on free_a (18 : 25): no gain, so 4 stays.
 
     crop_fraction: each step trains on a random window of every image, this share of its
     height and width (`crop_size`, `augmentation.crop_batch`; 1: whole frames, as the paper's
@@ -206,6 +211,13 @@ class CoordStageConfig:
     # encoder: 0.3 gave 3.5 % within 5 cm / 5 deg (validation 0.113 m, 5737 steps), 1.0 16.5 %
     # (0.093 m, 7336 steps).
     encoder_lr_scale: float = 1.0
+    # Keep the encoder's strided stem (`SceneCoordinateNet.stem`) as the pretrained encoder
+    # left it: its backward is a fifth of a step, so stage 1 makes 1.21x the steps in the same
+    # time. At equal time on the 2-core AVX-512 bf16 CPU (session 16; 18540 / 19160 steps
+    # against 15324 / 15837, seed 0): training loss 3.5 / 7 % lower, 5 cm / 5 deg 52.0 vs
+    # 51.5 % on revisit_a (frames won : lost 26 : 25) and 27.5 vs 26.0 % on free_a (36 : 33):
+    # within noise, so off.
+    freeze_stem: bool = False
 
     def __post_init__(self) -> None:
         if not self.encoder_lr_scale >= 0.0:

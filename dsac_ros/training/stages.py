@@ -56,10 +56,14 @@ def train_coords(session: Session) -> None:
     if session.config.channels_last:
         net = net.to(memory_format=torch.channels_last)
     net.train()
+    # a frozen stem records no autograd graph: its backward, a fifth of a step, is skipped
+    for p in net.stem().parameters():
+        p.requires_grad_(not cfg.freeze_stem)
     model = wrap_ddp(net, runtime)
     # a pretrained encoder may learn slower than the fresh head (`CoordStageConfig`)
     optimizer = torch.optim.Adam(
-        [{'params': list(net.encoder.parameters()), 'lr_scale': cfg.encoder_lr_scale},
+        [{'params': [p for p in net.encoder.parameters() if p.requires_grad],
+          'lr_scale': cfg.encoder_lr_scale},
          {'params': list(net.head.parameters())}], lr=cfg.lr.lr, weight_decay=cfg.weight_decay)
     generator = stage_generator(session, Stage.COORDS)
     has_depth = data.depth_bhw is not None
@@ -107,8 +111,12 @@ def train_coords(session: Session) -> None:
         scaler.update()
         return {'loss': float(loss.detach()), 'aux': aux}
 
-    run_loop(session, Stage.COORDS, cfg.budget, [Optim('coord', optimizer, cfg.lr)], generator,
-          step_fn)
+    try:
+        run_loop(session, Stage.COORDS, cfg.budget, [Optim('coord', optimizer, cfg.lr)],
+                 generator, step_fn)
+    finally:  # later stages train the whole net again
+        for p in net.stem().parameters():
+            p.requires_grad_(True)
     net.eval()
     if runtime.is_main and has_depth:
         validate_coords(session)
