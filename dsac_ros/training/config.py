@@ -214,9 +214,9 @@ class CoordStageConfig:
     # Keep the encoder's strided stem (`SceneCoordinateNet.stem`) as the pretrained encoder
     # left it: its backward is a fifth of a step, so stage 1 makes 1.21x the steps in the same
     # time. At equal time on the 2-core AVX-512 bf16 CPU (session 16; 18540 / 19160 steps
-    # against 15324 / 15837, seed 0): training loss 3.5 / 7 % lower, 5 cm / 5 deg 52.0 vs
-    # 51.5 % on revisit_a (frames won : lost 26 : 25) and 27.5 vs 26.0 % on free_a (36 : 33):
-    # within noise, so off.
+    # against 15324 / 15837): training loss 3.5-7 % lower, 5 cm / 5 deg 52.0 vs 51.5 % on
+    # revisit_a (frames won : lost 26 : 25), 55.0 vs 53.5 % with seed 1 (29 : 26), 27.5 vs
+    # 26.0 % on free_a (36 : 33): within noise, so off.
     freeze_stem: bool = False
 
     def __post_init__(self) -> None:
